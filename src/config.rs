@@ -1,0 +1,319 @@
+//! Configuration: a TOML file, overridden by command-line flags, validated on start.
+//! Every problem is reported with the dotted key it concerns.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Which relay engine moves bytes between the halves of an activated pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// recv into a per-core provided-buffer ring, then send.
+    #[default]
+    Copy,
+    /// splice(2) through pipes borrowed from a per-core pool only while data is in them.
+    Splice,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "copy" => Ok(Engine::Copy),
+            "splice" => Ok(Engine::Splice),
+            _ => Err(format!("unknown engine {s:?}: expected \"copy\" or \"splice\"")),
+        }
+    }
+}
+
+/// SOCKS5 username/password (RFC 1929) required of every client when set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Socks5Auth {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Worker threads, one ring each; 0 means one per available core.
+    pub workers: usize,
+    /// SOCKS5 listen addresses; every worker gets its own SO_REUSEPORT socket on each.
+    pub listen: Vec<SocketAddr>,
+    /// listen(2) backlog of each shard.
+    pub backlog: u32,
+    /// Open client connections, all states, whole process.
+    pub max_connections: usize,
+    /// Connections in handshake or waiting for their peer / activation, whole process.
+    pub max_pending: usize,
+    /// Seconds a client has to finish its SOCKS5 handshake.
+    pub handshake_timeout: u64,
+    /// Seconds a connected half may wait for its peer and for activation (ejabberd: 60).
+    pub activation_timeout: u64,
+    /// Seconds an active relay may go without moving a byte either way; 0 = never.
+    pub idle_timeout: u64,
+    /// Require SOCKS5 username/password (RFC 1929) when present.
+    pub socks5_auth: Option<Socks5Auth>,
+    pub relay: RelayConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    pub engine: Engine,
+    /// copy engine: bytes per provided buffer (one recv at most).
+    pub buffer_size: usize,
+    /// copy engine: provided buffers per worker, shared by all its connections.
+    pub buffers_per_worker: usize,
+    /// splice engine: pipe capacity set with F_SETPIPE_SZ.
+    pub pipe_size: usize,
+    /// splice engine: pipes per worker (two fds each); a direction waits when all are lent.
+    pub pipes_per_worker: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: 0,
+            listen: vec![
+                "0.0.0.0:7777".parse().expect("literal"),
+                "[::]:7777".parse().expect("literal"),
+            ],
+            backlog: 4096,
+            max_connections: 100_000,
+            max_pending: 20_000,
+            handshake_timeout: 10,
+            activation_timeout: 60,
+            idle_timeout: 900,
+            socks5_auth: None,
+            relay: RelayConfig::default(),
+        }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            engine: Engine::Copy,
+            buffer_size: 1 << 20,
+            buffers_per_worker: 64,
+            pipe_size: 1 << 20,
+            pipes_per_worker: 32,
+        }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    pub fn from_toml_str(text: &str, path: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Worker count after resolving 0 to the available cores.
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.workers
+        }
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout)
+    }
+
+    pub fn activation_timeout(&self) -> Duration {
+        Duration::from_secs(self.activation_timeout)
+    }
+
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
+    }
+
+    /// Checks every value; the first problem found names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers > 1024 {
+            return Err(invalid("workers", "at most 1024"));
+        }
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "at least one address is needed"));
+        }
+        for (i, a) in self.listen.iter().enumerate() {
+            if self.listen[..i].contains(a) {
+                return Err(invalid("listen", format!("{a} is listed twice")));
+            }
+        }
+        if self.backlog == 0 {
+            return Err(invalid("backlog", "must be at least 1"));
+        }
+        if self.max_connections < 2 {
+            return Err(invalid("max_connections", "must be at least 2 (one pair)"));
+        }
+        if self.max_pending < 2 {
+            return Err(invalid("max_pending", "must be at least 2 (one pair)"));
+        }
+        if self.max_pending > self.max_connections {
+            return Err(invalid(
+                "max_pending",
+                format!(
+                    "{} is more than max_connections ({})",
+                    self.max_pending, self.max_connections
+                ),
+            ));
+        }
+        if self.handshake_timeout == 0 {
+            return Err(invalid("handshake_timeout", "must be at least 1 second"));
+        }
+        if self.activation_timeout == 0 {
+            return Err(invalid("activation_timeout", "must be at least 1 second"));
+        }
+        if let Some(a) = &self.socks5_auth {
+            if a.username.is_empty() || a.username.len() > 255 {
+                return Err(invalid(
+                    "socks5_auth.username",
+                    "must be 1 to 255 bytes (RFC 1929)",
+                ));
+            }
+            if a.password.is_empty() || a.password.len() > 255 {
+                return Err(invalid(
+                    "socks5_auth.password",
+                    "must be 1 to 255 bytes (RFC 1929)",
+                ));
+            }
+        }
+        let r = &self.relay;
+        if !(4096..=(64 << 20)).contains(&r.buffer_size) || !r.buffer_size.is_power_of_two() {
+            return Err(invalid(
+                "relay.buffer_size",
+                format!(
+                    "{} is not a power of two between 4096 and 64 MiB",
+                    r.buffer_size
+                ),
+            ));
+        }
+        if r.buffers_per_worker < 2
+            || r.buffers_per_worker > 32768
+            || !r.buffers_per_worker.is_power_of_two()
+        {
+            return Err(invalid(
+                "relay.buffers_per_worker",
+                format!(
+                    "{} is not a power of two between 2 and 32768 (a buffer ring's size)",
+                    r.buffers_per_worker
+                ),
+            ));
+        }
+        if !(4096..=(64 << 20)).contains(&r.pipe_size) {
+            return Err(invalid(
+                "relay.pipe_size",
+                format!("{} is not between 4096 and 64 MiB", r.pipe_size),
+            ));
+        }
+        if r.pipes_per_worker == 0 || r.pipes_per_worker > 65536 {
+            return Err(invalid("relay.pipes_per_worker", "must be 1 to 65536"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_listen_on_7777() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert!(c.listen.iter().all(|a| a.port() == 7777));
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml_str("", "x.toml").unwrap();
+        assert_eq!(c.activation_timeout, 60);
+        assert_eq!(c.relay.engine, Engine::Copy);
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_toml_str(
+            r#"
+            workers = 2
+            listen = ["127.0.0.1:1080"]
+            activation_timeout = 30
+            [socks5_auth]
+            username = "u"
+            password = "p"
+            [relay]
+            engine = "splice"
+            pipe_size = 65536
+            "#,
+            "x.toml",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.relay.engine, Engine::Splice);
+        assert_eq!(c.socks5_auth.unwrap().username, "u");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml_str("activaton_timeout = 3", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("activaton_timeout"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let e = Config::from_toml_str("[relay]\nengine = \"zerocopy\"", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("engine"), "{e}");
+        let c = Config {
+            activation_timeout: 0,
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("`activation_timeout`"), "{e}");
+        let mut c = Config::default();
+        c.relay.buffer_size = 1000;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("relay.buffer_size"));
+    }
+}

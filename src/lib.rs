@@ -1,0 +1,17 @@
+//! streamhost: an XMPP SOCKS5 Bytestreams proxy (XEP-0065 / XEP-0260) on Linux io_uring.
+//!
+//! The data plane (`server`, `worker`) accepts SOCKS5 connections on every core, pairs them
+//! by key in per-core rendezvous tables and relays activated pairs. The protocol logic
+//! (`socks5`, `rendezvous`, `key`) is sans-IO. See ARCHITECTURE.md.
+
+pub mod config;
+pub mod key;
+pub mod rendezvous;
+pub mod server;
+pub mod stats;
+
+pub use config::Config;
+pub use key::StreamKey;
+pub use rendezvous::ActivationOutcome;
+pub use server::{Handle, Server};
+pub use stats::{Refusal, Stats};

@@ -1,0 +1,272 @@
+//! Sans-IO rendezvous table of one worker core: key -> the halves that presented it.
+//!
+//! Generic over the connection handle `C` (the worker uses its slab index + generation),
+//! driven by explicit `now` instants so tests need no clock and no sockets.
+
+use crate::key::StreamKey;
+use crate::stats::Refusal;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// What the control plane learns from an activation attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationOutcome {
+    /// Both halves were present; the relay starts now.
+    Activated,
+    /// No connection presented this key (or it expired): XMPP item-not-found.
+    UnknownKey,
+    /// Only one half is connected: XMPP not-allowed.
+    OnlyOneHalf,
+    /// The key is already relaying: XMPP not-allowed.
+    AlreadyActive,
+    /// The data plane is shutting down: XMPP service-unavailable / resource-constraint.
+    ShuttingDown,
+}
+
+/// What `activate` hands the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation<C> {
+    Start { first: C, second: C },
+    Refused(ActivationOutcome),
+}
+
+/// What happened to a connection that finished its handshake with a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert<C> {
+    /// First half: waits for its peer.
+    Waiting,
+    /// Second half: the pair is complete and waits for activation.
+    Paired { first: C },
+    /// Refused: third connection or already active.
+    Refused(Refusal),
+}
+
+#[derive(Debug)]
+enum Slot<C> {
+    Waiting { first: C },
+    Paired { first: C, second: C },
+    Active,
+}
+
+#[derive(Debug)]
+struct Entry<C> {
+    slot: Slot<C>,
+    /// Bumped whenever the deadline moves, so stale queue items are skipped.
+    epoch: u64,
+}
+
+pub struct Rendezvous<C> {
+    entries: HashMap<StreamKey, Entry<C>>,
+    /// Deadlines in arrival order; every deadline is now + the same timeout, so the queue
+    /// is sorted and expiry is O(expired).
+    deadlines: VecDeque<(Instant, StreamKey, u64)>,
+    timeout: Duration,
+    next_epoch: u64,
+}
+
+impl<C: Copy + Eq + std::fmt::Debug> Rendezvous<C> {
+    pub fn new(timeout: Duration) -> Self {
+        Rendezvous {
+            entries: HashMap::new(),
+            deadlines: VecDeque::new(),
+            timeout,
+            next_epoch: 0,
+        }
+    }
+
+    /// Keys present in any state.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn arm(&mut self, key: StreamKey, now: Instant) -> u64 {
+        self.next_epoch += 1;
+        self.deadlines
+            .push_back((now + self.timeout, key, self.next_epoch));
+        self.next_epoch
+    }
+
+    /// A connection finished its handshake presenting `key`.
+    pub fn insert(&mut self, key: StreamKey, conn: C, now: Instant) -> Insert<C> {
+        match self.entries.get(&key).map(|e| &e.slot) {
+            None => {
+                let epoch = self.arm(key, now);
+                self.entries.insert(
+                    key,
+                    Entry {
+                        slot: Slot::Waiting { first: conn },
+                        epoch,
+                    },
+                );
+                Insert::Waiting
+            }
+            Some(Slot::Waiting { first }) => {
+                let first = *first;
+                // The pair gets a full timeout from the moment it is complete.
+                let epoch = self.arm(key, now);
+                let e = self.entries.get_mut(&key).expect("present");
+                e.slot = Slot::Paired {
+                    first,
+                    second: conn,
+                };
+                e.epoch = epoch;
+                Insert::Paired { first }
+            }
+            Some(Slot::Paired { .. }) => Insert::Refused(Refusal::ThirdConnection),
+            Some(Slot::Active) => Insert::Refused(Refusal::AlreadyActive),
+        }
+    }
+
+    /// A half left before activation (closed or failed). Returns whether it was known.
+    /// The other half of a pair keeps waiting under the pair's deadline.
+    pub fn remove(&mut self, key: &StreamKey, conn: C) -> bool {
+        let Some(e) = self.entries.get_mut(key) else {
+            return false;
+        };
+        match e.slot {
+            Slot::Waiting { first } if first == conn => {
+                self.entries.remove(key);
+                true
+            }
+            Slot::Paired { first, second } if first == conn || second == conn => {
+                let other = if first == conn { second } else { first };
+                e.slot = Slot::Waiting { first: other };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The control plane asks to start relaying `key`.
+    pub fn activate(&mut self, key: &StreamKey) -> Activation<C> {
+        let Some(e) = self.entries.get_mut(key) else {
+            return Activation::Refused(ActivationOutcome::UnknownKey);
+        };
+        match e.slot {
+            Slot::Waiting { .. } => Activation::Refused(ActivationOutcome::OnlyOneHalf),
+            Slot::Active => Activation::Refused(ActivationOutcome::AlreadyActive),
+            Slot::Paired { first, second } => {
+                e.slot = Slot::Active;
+                // No deadline for an active key: the relay has its own idle timeout.
+                e.epoch = 0;
+                Activation::Start { first, second }
+            }
+        }
+    }
+
+    /// The relay of an active key ended; the key may not be reused while it runs, and is
+    /// forgotten after.
+    pub fn finish(&mut self, key: &StreamKey) {
+        if matches!(
+            self.entries.get(key).map(|e| &e.slot),
+            Some(Slot::Active)
+        ) {
+            self.entries.remove(key);
+        }
+    }
+
+    /// The earliest pending deadline, for the driver's timer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|d| d.0)
+    }
+
+    /// Removes every entry whose deadline passed and pushes its connections to `out`.
+    pub fn expire(&mut self, now: Instant, out: &mut Vec<C>) {
+        while let Some(&(at, key, epoch)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let live = self.entries.get(&key).is_some_and(|e| e.epoch == epoch);
+            if !live {
+                continue;
+            }
+            match self.entries.remove(&key).map(|e| e.slot) {
+                Some(Slot::Waiting { first }) => out.push(first),
+                Some(Slot::Paired { first, second }) => {
+                    out.push(first);
+                    out.push(second);
+                }
+                Some(Slot::Active) | None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> StreamKey {
+        StreamKey::from_parts(&n.to_string(), "a@x/r", "b@y/r")
+    }
+
+    #[test]
+    fn either_order_pairs_then_activates() {
+        let t0 = Instant::now();
+        let mut r = Rendezvous::new(Duration::from_secs(60));
+        assert_eq!(r.activate(&key(1)), Activation::Refused(ActivationOutcome::UnknownKey));
+        assert_eq!(r.insert(key(1), 10, t0), Insert::Waiting);
+        assert_eq!(r.activate(&key(1)), Activation::Refused(ActivationOutcome::OnlyOneHalf));
+        assert_eq!(r.insert(key(1), 11, t0), Insert::Paired { first: 10 });
+        assert_eq!(r.activate(&key(1)), Activation::Start { first: 10, second: 11 });
+        assert_eq!(r.activate(&key(1)), Activation::Refused(ActivationOutcome::AlreadyActive));
+        assert_eq!(r.insert(key(1), 12, t0), Insert::Refused(Refusal::AlreadyActive));
+        r.finish(&key(1));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn third_connection_refused() {
+        let t0 = Instant::now();
+        let mut r = Rendezvous::new(Duration::from_secs(60));
+        r.insert(key(2), 1, t0);
+        r.insert(key(2), 2, t0);
+        assert_eq!(r.insert(key(2), 3, t0), Insert::Refused(Refusal::ThirdConnection));
+    }
+
+    #[test]
+    fn expiry_of_waiting_and_paired_but_not_active() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut r = Rendezvous::new(Duration::from_secs(60));
+        r.insert(key(1), 1, t0);
+        r.insert(key(2), 2, t0 + 10 * s);
+        r.insert(key(2), 3, t0 + 20 * s);
+        r.insert(key(3), 4, t0 + 20 * s);
+        r.insert(key(3), 5, t0 + 20 * s);
+        assert!(matches!(r.activate(&key(3)), Activation::Start { .. }));
+        let mut out = vec![];
+        r.expire(t0 + 59 * s, &mut out);
+        assert!(out.is_empty());
+        r.expire(t0 + 60 * s, &mut out);
+        assert_eq!(out, vec![1]);
+        out.clear();
+        // key 2's deadline moved to 20 s + 60 s when its second half came.
+        r.expire(t0 + 75 * s, &mut out);
+        assert!(out.is_empty());
+        r.expire(t0 + 80 * s, &mut out);
+        assert_eq!(out, vec![2, 3]);
+        assert_eq!(r.len(), 1, "the active key stays until finish");
+        assert_eq!(r.next_deadline(), None);
+    }
+
+    #[test]
+    fn leaving_half_frees_its_place() {
+        let t0 = Instant::now();
+        let mut r = Rendezvous::new(Duration::from_secs(60));
+        r.insert(key(1), 1, t0);
+        r.insert(key(1), 2, t0);
+        assert!(r.remove(&key(1), 1));
+        assert_eq!(r.activate(&key(1)), Activation::Refused(ActivationOutcome::OnlyOneHalf));
+        assert_eq!(r.insert(key(1), 3, t0), Insert::Paired { first: 2 });
+        assert!(!r.remove(&key(1), 99));
+        assert!(r.remove(&key(1), 2));
+        assert!(r.remove(&key(1), 3));
+        assert!(r.is_empty());
+    }
+}

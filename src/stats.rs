@@ -1,0 +1,162 @@
+//! Counters shared between the workers (writers) and the control plane / metrics (readers).
+//! One cache-padded block per worker so that cores never write the same line.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a connection or an activation was refused. Indexes `Stats::refusals`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum Refusal {
+    /// Not SOCKS version 5, in the greeting or the request.
+    BadVersion,
+    /// No offered method acceptable (00 without auth, 02 with it).
+    NoAcceptableMethod,
+    /// RFC 1929 username/password wrong or malformed.
+    AuthFailed,
+    /// BIND, UDP ASSOCIATE or an unknown command.
+    BadCommand,
+    /// IPv4, IPv6 or an unknown address type.
+    BadAddressType,
+    /// Domain not 40 hex characters.
+    BadKey,
+    /// DST.PORT not 0.
+    BadPort,
+    /// Bytes after the request before the reply, or a malformed field.
+    Malformed,
+    /// A third connection for a key that has two.
+    ThirdConnection,
+    /// A connection for a key that is already relaying.
+    AlreadyActive,
+    /// The handshake did not finish in time.
+    HandshakeTimeout,
+    /// The peer never came, or the pair was never activated, in time.
+    ActivationTimeout,
+    /// The process-wide connection limit.
+    MaxConnections,
+    /// The process-wide limit of pending (handshaking or unactivated) connections.
+    MaxPending,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 14] = [
+        Refusal::BadVersion,
+        Refusal::NoAcceptableMethod,
+        Refusal::AuthFailed,
+        Refusal::BadCommand,
+        Refusal::BadAddressType,
+        Refusal::BadKey,
+        Refusal::BadPort,
+        Refusal::Malformed,
+        Refusal::ThirdConnection,
+        Refusal::AlreadyActive,
+        Refusal::HandshakeTimeout,
+        Refusal::ActivationTimeout,
+        Refusal::MaxConnections,
+        Refusal::MaxPending,
+    ];
+
+    /// A stable snake_case name for logs and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::BadVersion => "bad_version",
+            Refusal::NoAcceptableMethod => "no_acceptable_method",
+            Refusal::AuthFailed => "auth_failed",
+            Refusal::BadCommand => "bad_command",
+            Refusal::BadAddressType => "bad_address_type",
+            Refusal::BadKey => "bad_key",
+            Refusal::BadPort => "bad_port",
+            Refusal::Malformed => "malformed",
+            Refusal::ThirdConnection => "third_connection",
+            Refusal::AlreadyActive => "already_active",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::ActivationTimeout => "activation_timeout",
+            Refusal::MaxConnections => "max_connections",
+            Refusal::MaxPending => "max_pending",
+        }
+    }
+}
+
+const REFUSALS: usize = Refusal::ALL.len();
+
+/// One worker's counters. Monotonic counters unless marked as a gauge.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct WorkerStats {
+    pub accepted: AtomicU64,
+    /// gauge: client connections open on this worker
+    pub open: AtomicU64,
+    pub handshakes_ok: AtomicU64,
+    pub handshakes_failed: AtomicU64,
+    /// both halves of a key present
+    pub pairs_matched: AtomicU64,
+    pub activations: AtomicU64,
+    /// gauge: relays running
+    pub relays_active: AtomicU64,
+    pub relays_finished: AtomicU64,
+    /// bytes read from the half that connected first and written to the second
+    pub bytes_first_to_second: AtomicU64,
+    pub bytes_second_to_first: AtomicU64,
+    /// hand-offs of a finished handshake to the key's owner core
+    pub handoffs: AtomicU64,
+    /// relay errors other than resets (a failed syscall, no buffer)
+    pub relay_errors: AtomicU64,
+    pub refusals: [AtomicU64; REFUSALS],
+}
+
+impl WorkerStats {
+    pub fn refuse(&self, why: Refusal) {
+        self.refusals[why as usize].fetch_add(1, Relaxed);
+    }
+}
+
+/// A point-in-time sum over all workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub accepted: u64,
+    pub open: u64,
+    pub handshakes_ok: u64,
+    pub handshakes_failed: u64,
+    pub pairs_matched: u64,
+    pub activations: u64,
+    pub relays_active: u64,
+    pub relays_finished: u64,
+    pub bytes_first_to_second: u64,
+    pub bytes_second_to_first: u64,
+    pub handoffs: u64,
+    pub relay_errors: u64,
+    pub refusals: Vec<(Refusal, u64)>,
+}
+
+impl Stats {
+    pub fn sum(workers: &[WorkerStats]) -> Stats {
+        let mut s = Stats {
+            refusals: Refusal::ALL.iter().map(|&r| (r, 0)).collect(),
+            ..Stats::default()
+        };
+        for w in workers {
+            s.accepted += w.accepted.load(Relaxed);
+            s.open += w.open.load(Relaxed);
+            s.handshakes_ok += w.handshakes_ok.load(Relaxed);
+            s.handshakes_failed += w.handshakes_failed.load(Relaxed);
+            s.pairs_matched += w.pairs_matched.load(Relaxed);
+            s.activations += w.activations.load(Relaxed);
+            s.relays_active += w.relays_active.load(Relaxed);
+            s.relays_finished += w.relays_finished.load(Relaxed);
+            s.bytes_first_to_second += w.bytes_first_to_second.load(Relaxed);
+            s.bytes_second_to_first += w.bytes_second_to_first.load(Relaxed);
+            s.handoffs += w.handoffs.load(Relaxed);
+            s.relay_errors += w.relay_errors.load(Relaxed);
+            for (i, r) in s.refusals.iter_mut().enumerate() {
+                r.1 += w.refusals[i].load(Relaxed);
+            }
+        }
+        s
+    }
+
+    pub fn refused(&self, why: Refusal) -> u64 {
+        self.refusals
+            .iter()
+            .find(|(r, _)| *r == why)
+            .map_or(0, |(_, n)| *n)
+    }
+}
