@@ -8,6 +8,7 @@ pub mod config;
 pub mod key;
 pub mod rendezvous;
 pub mod server;
+pub mod socks5;
 pub mod stats;
 
 pub use config::Config;
