@@ -542,6 +542,20 @@ proptest! {
     }
 
     #[test]
+    fn trailing_bytes_in_any_chunking(
+        v in valid(),
+        extra in prop::collection::vec(any::<u8>(), 1..16),
+        cuts in prop::collection::vec(any::<Index>(), 0..10),
+    ) {
+        let mut input = v.input.clone();
+        input.extend_from_slice(&extra);
+        check_chunking(&v.auth, &input, &cuts)?;
+        let mut expected = v.replies.clone();
+        expected.extend_from_slice(&failure_reply(Rep::GeneralFailure));
+        prop_assert_eq!(once(&v.auth, &input), (Step::Failed(Refusal::Malformed), expected));
+    }
+
+    #[test]
     fn mutated_handshakes_agree_in_any_chunking(
         (auth, input) in mutated(),
         cuts in prop::collection::vec(any::<Index>(), 0..10),
