@@ -23,7 +23,9 @@ impl std::str::FromStr for Engine {
         match s {
             "copy" => Ok(Engine::Copy),
             "splice" => Ok(Engine::Splice),
-            _ => Err(format!("unknown engine {s:?}: expected \"copy\" or \"splice\"")),
+            _ => Err(format!(
+                "unknown engine {s:?}: expected \"copy\" or \"splice\""
+            )),
         }
     }
 }
@@ -58,6 +60,8 @@ pub struct Config {
     /// Require SOCKS5 username/password (RFC 1929) when present.
     pub socks5_auth: Option<Socks5Auth>,
     pub relay: RelayConfig,
+    /// The XEP-0114 component (control plane); absent: data plane only.
+    pub component: Option<crate::control::ControlConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +94,7 @@ impl Default for Config {
             idle_timeout: 900,
             socks5_auth: None,
             relay: RelayConfig::default(),
+            component: None,
         }
     }
 }
@@ -247,6 +252,9 @@ impl Config {
         }
         if r.pipes_per_worker == 0 || r.pipes_per_worker > 65536 {
             return Err(invalid("relay.pipes_per_worker", "must be 1 to 65536"));
+        }
+        if let Some(c) = &self.component {
+            c.resolve(&self.listen)?;
         }
         Ok(())
     }

@@ -35,11 +35,7 @@ impl Handle {
 
     /// Like `activate`, but calls `done` on the owner core instead of blocking: for
     /// async callers (wrap a oneshot sender in it). `done` must be quick.
-    pub fn activate_then(
-        &self,
-        _key: &StreamKey,
-        done: Box<dyn FnOnce(ActivationOutcome) + Send>,
-    ) {
+    pub fn activate_then(&self, _key: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>) {
         done(ActivationOutcome::ShuttingDown)
     }
 
