@@ -351,6 +351,35 @@ fn component_reconnects_after_prosody_restart_and_relays_keep_going() {
     exchange(&r, &t, 64 << 10, 5);
 }
 
+#[test]
+fn wrong_secret_is_refused_and_retried_without_connecting() {
+    let prosody = Prosody::start(&[]);
+    let cc = ControlConfig {
+        server: prosody.component_addr(),
+        jid: PROXY_JID.into(),
+        secret: Some(Secret::new("not-the-secret")),
+        advertise: vec!["127.0.0.1:7777".into()],
+        ..ControlConfig::default()
+    };
+    let settings = cc.resolve(&[]).unwrap();
+    struct Unused;
+    impl control::Activator for Unused {
+        fn activate_then(
+            &self,
+            _: &streamhost::StreamKey,
+            _: Box<dyn FnOnce(streamhost::ActivationOutcome) + Send>,
+        ) {
+            panic!("no activation expected")
+        }
+    }
+    let control = control::spawn(settings, Arc::new(Unused)).unwrap();
+    assert!(!control.wait_connected(Duration::from_secs(2)));
+    assert_eq!(control.logins(), 0);
+    let start = Instant::now();
+    control.stop();
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
 /// Activation round trip (client -> Prosody -> component -> data plane -> back), over
 /// 1,000 activations. Run with `cargo test --release -- --ignored --nocapture activation_rtt`.
 #[test]

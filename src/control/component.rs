@@ -369,3 +369,101 @@ fn keepalive(settings: &ControlSettings, n: u64) -> Stanza {
         payload: Ping.into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::config::{ControlConfig, Secret};
+    use crate::key::StreamKey;
+    use crate::rendezvous::ActivationOutcome;
+    use xmpp_parsers::minidom::Element;
+
+    /// Stands in for the data plane: answers every activation with a fixed outcome, or
+    /// drops the callback without answering.
+    struct Fixed(Option<ActivationOutcome>);
+
+    impl Activator for Fixed {
+        fn activate_then(&self, _: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>) {
+            if let Some(o) = self.0 {
+                done(o)
+            }
+        }
+    }
+
+    fn activation() -> super::super::service::Activation {
+        let c = ControlConfig {
+            jid: "proxy.example.org".into(),
+            secret: Some(Secret::new("x")),
+            advertise: vec!["192.0.2.1:7777".into()],
+            ..ControlConfig::default()
+        };
+        let s = Service::new(&c.resolve(&[]).unwrap());
+        let xml = "<iq xmlns='jabber:component:accept' type='set' id='a1' \
+                   from='romeo@example.org/r' to='proxy.example.org'><query \
+                   xmlns='http://jabber.org/protocol/bytestreams' sid='s'><activate>\
+                   juliet@example.org/b</activate></query></iq>";
+        let iq = Iq::try_from(xml.parse::<Element>().unwrap()).unwrap();
+        match s.handle(Stanza::Iq(iq)) {
+            Action::Activate(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn run_one(activator: Fixed) -> Element {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let st = rt.block_on(activate(&activator, activation()));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        match st {
+            Stanza::Iq(iq) => iq.into(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn activation_outcome_becomes_the_reply() {
+        let el = run_one(Fixed(Some(ActivationOutcome::Activated)));
+        assert_eq!(el.attr("type"), Some("result"));
+        assert_eq!(el.attr("id"), Some("a1"));
+    }
+
+    #[test]
+    fn dropped_callback_gives_internal_server_error_at_once() {
+        let el = run_one(Fixed(None));
+        assert_eq!(el.attr("type"), Some("error"));
+        let err = el.get_child("error", "jabber:component:accept").unwrap();
+        assert!(err
+            .get_child(
+                "internal-server-error",
+                "urn:ietf:params:xml:ns:xmpp-stanzas"
+            )
+            .is_some());
+    }
+
+    #[test]
+    fn stops_promptly_while_the_server_is_unreachable() {
+        // A loopback port with nothing listening: every login fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = ControlConfig {
+            server: format!("127.0.0.1:{port}"),
+            jid: "proxy.example.org".into(),
+            secret: Some(Secret::new("x")),
+            advertise: vec!["192.0.2.1:7777".into()],
+            ..ControlConfig::default()
+        };
+        let h = spawn(c.resolve(&[]).unwrap(), Arc::new(Fixed(None))).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_ne!(h.state(), ConnState::Connected);
+        assert_eq!(h.logins(), 0);
+        let start = std::time::Instant::now();
+        h.stop();
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+}

@@ -369,6 +369,23 @@ mod tests {
     }
 
     #[test]
+    fn deploy_example_parses_and_resolves() {
+        let text = include_str!("../../deploy/streamhost.toml");
+        let mut c = crate::config::Config::from_toml_str(text, "deploy/streamhost.toml").unwrap();
+        let mut comp = c.component.take().expect("a [component] section");
+        assert_eq!(
+            comp.secret_file.as_deref(),
+            Some(std::path::Path::new("/etc/streamhost/component.secret"))
+        );
+        comp.secret_file = None;
+        comp.secret = Some(Secret::new("x"));
+        let s = comp.resolve(&c.listen).unwrap();
+        assert_eq!(s.streamhosts[0].host, "proxy.example.org");
+        c.component = Some(comp);
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let c = ControlConfig {
             jid: "user@proxy.example.org".into(),
