@@ -94,19 +94,38 @@ fn load(cli: &Cli) -> Result<Config, streamhost::config::ConfigError> {
 
 fn run(config: Config) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
+    use std::sync::Arc;
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let engine = config.relay.engine;
-    let handle = Server::start(config)?;
+    let handle = Arc::new(Server::start(config.clone())?);
     tracing::info!(
         addrs = ?handle.local_addrs(),
         workers = handle.workers(),
         engine = ?engine,
         "streamhost listening"
     );
+    // Resolved against the bound addresses, so a listen port 0 is advertised truthfully.
+    let control = match &config.component {
+        Some(c) => {
+            let settings = c
+                .resolve(handle.local_addrs())
+                .map_err(std::io::Error::other)?;
+            Some(streamhost::control::spawn(settings, handle.clone())?)
+        }
+        None => {
+            tracing::warn!("no [component] section: nothing can activate streams");
+            None
+        }
+    };
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "stopping");
     }
-    handle.shutdown();
+    if let Some(c) = control {
+        c.stop();
+    }
+    if let Ok(h) = Arc::try_unwrap(handle) {
+        h.shutdown();
+    }
     Ok(())
 }
 

@@ -193,7 +193,7 @@ impl Service {
         let Some(from) = from else {
             return Action::Ignore;
         };
-        let for_me = to.as_ref().map_or(true, |t| {
+        let for_me = to.as_ref().is_none_or(|t| {
             t.node().is_none() && t.resource().is_none() && t.domain() == self.jid.domain()
         });
         let r = ReplyTo {
