@@ -57,6 +57,8 @@ pub struct Config {
     pub activation_timeout: u64,
     /// Seconds an active relay may go without moving a byte either way; 0 = never.
     pub idle_timeout: u64,
+    /// Seconds running relays get to finish after SIGTERM before they are cut.
+    pub drain_timeout: u64,
     /// Require SOCKS5 username/password (RFC 1929) when present.
     pub socks5_auth: Option<Socks5Auth>,
     pub relay: RelayConfig,
@@ -92,6 +94,7 @@ impl Default for Config {
             handshake_timeout: 10,
             activation_timeout: 60,
             idle_timeout: 900,
+            drain_timeout: 300,
             socks5_auth: None,
             relay: RelayConfig::default(),
             component: None,
@@ -165,6 +168,10 @@ impl Config {
 
     pub fn activation_timeout(&self) -> Duration {
         Duration::from_secs(self.activation_timeout)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout)
     }
 
     pub fn idle_timeout(&self) -> Option<Duration> {

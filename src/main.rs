@@ -65,7 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config) {
+    match run(config, cli.config.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("streamhost: {e}");
@@ -92,10 +92,12 @@ fn load(cli: &Cli) -> Result<Config, streamhost::config::ConfigError> {
     Ok(c)
 }
 
-fn run(config: Config) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+/// Runs until SIGTERM/SIGINT (graceful drain; a second one cuts it short). SIGHUP
+/// reloads the config file: access lists and connection limits change live.
+fn run(config: Config, path: Option<PathBuf>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     use std::sync::Arc;
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let engine = config.relay.engine;
     let handle = Arc::new(Server::start(config.clone())?);
     tracing::info!(
@@ -117,16 +119,76 @@ fn run(config: Config) -> std::io::Result<()> {
             None
         }
     };
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "stopping");
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            reload(path.as_deref(), &handle, control.as_ref());
+            continue;
+        }
+        tracing::info!(signal = sig, deadline_s = config.drain_timeout, "draining");
+        break;
     }
+    // Leave XMPP first, so a new process can log in as the component while relays finish.
     if let Some(c) = control {
         c.stop();
     }
-    if let Ok(h) = Arc::try_unwrap(handle) {
-        h.shutdown();
+    let Ok(handle) = Arc::try_unwrap(handle) else {
+        return Err(std::io::Error::other("data plane still shared at exit"));
+    };
+    // A second signal during the drain cuts it short.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            let _ = tx.send(());
+        }
+    });
+    let deadline = config.drain_timeout();
+    let drainer = std::thread::spawn(move || handle.drain(deadline));
+    loop {
+        if drainer.is_finished() {
+            break;
+        }
+        if rx
+            .recv_timeout(std::time::Duration::from_millis(100))
+            .is_ok()
+        {
+            tracing::warn!("second signal: exiting without waiting for relays");
+            return Ok(());
+        }
     }
+    let cut = drainer.join().unwrap_or(0);
+    tracing::info!(relays_cut = cut, "stopped");
     Ok(())
+}
+
+fn reload(
+    path: Option<&std::path::Path>,
+    handle: &streamhost::Handle,
+    control: Option<&streamhost::control::ControlHandle>,
+) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: started without --config, nothing to reload");
+        return;
+    };
+    let new = match Config::from_file(path).and_then(|c| c.validate().map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: keeping the running config: {e}");
+            return;
+        }
+    };
+    let restart = handle.reload(&new);
+    if !restart.is_empty() {
+        tracing::warn!(keys = ?restart, "SIGHUP: these changes need a restart");
+    }
+    match (new.component.as_ref(), control) {
+        (Some(c), Some(ctl)) => match c.resolve(handle.local_addrs()) {
+            Ok(s) => ctl.set_acl(s.acl),
+            Err(e) => tracing::error!("SIGHUP: keeping the running access lists: {e}"),
+        },
+        (None, None) => {}
+        _ => tracing::warn!("SIGHUP: adding or removing [component] needs a restart"),
+    }
+    tracing::info!("configuration reloaded");
 }
 
 fn init_logs(format: &str) {

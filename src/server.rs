@@ -42,6 +42,8 @@ impl Server {
             mailboxes: mailboxes.into_boxed_slice(),
             open: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(config.max_connections),
+            max_pending: AtomicUsize::new(config.max_pending),
             config,
         });
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -95,6 +97,42 @@ impl Handle {
         self.shared.mailboxes[owner].send(Msg::Activate { key: *key, done });
     }
 
+    /// Applies what can change while running (SIGHUP): the connection limits. Returns the
+    /// keys that differ but need a restart to take effect.
+    pub fn reload(&self, new: &Config) -> Vec<&'static str> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shared
+            .max_connections
+            .store(new.max_connections, Relaxed);
+        self.shared.max_pending.store(new.max_pending, Relaxed);
+        let old = &self.shared.config;
+        let mut restart = Vec::new();
+        if old.listen != new.listen {
+            restart.push("listen");
+        }
+        if old.worker_count() != new.worker_count() {
+            restart.push("workers");
+        }
+        if format!("{:?}", old.relay) != format!("{:?}", new.relay) {
+            restart.push("relay");
+        }
+        if (
+            old.handshake_timeout,
+            old.activation_timeout,
+            old.idle_timeout,
+        ) != (
+            new.handshake_timeout,
+            new.activation_timeout,
+            new.idle_timeout,
+        ) {
+            restart.push("timeouts");
+        }
+        if old.socks5_auth != new.socks5_auth {
+            restart.push("socks5_auth");
+        }
+        restart
+    }
+
     /// Counters summed over all workers.
     pub fn stats(&self) -> Stats {
         Stats::sum(&self.shared.stats)
@@ -103,6 +141,33 @@ impl Handle {
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.threads.len()
+    }
+
+    /// Graceful stop: every worker stops accepting and closes what is not relaying, then
+    /// running relays get up to `deadline` to finish before the rest is cut. Returns the
+    /// number of relays that were still running at the deadline (0 = nothing lost).
+    pub fn drain(self, deadline: std::time::Duration) -> u64 {
+        for m in self.shared.mailboxes.iter() {
+            m.send(Msg::Drain);
+        }
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            let s = self.stats();
+            if s.open == 0 {
+                break;
+            }
+            if std::time::Instant::now() >= end {
+                tracing::warn!(
+                    relays = s.relays_active,
+                    "drain deadline reached, cutting relays"
+                );
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let left = self.stats().relays_active;
+        self.shutdown();
+        left
     }
 
     /// Stops every worker: listeners close, connections are closed, threads joined.

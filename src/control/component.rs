@@ -76,11 +76,17 @@ impl Shared {
 #[derive(Debug)]
 pub struct ControlHandle {
     shared: Arc<Shared>,
+    acl: Arc<std::sync::RwLock<super::acl::Acl>>,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ControlHandle {
+    /// Swaps the access lists (SIGHUP reload); the next IQ is checked against them.
+    pub fn set_acl(&self, acl: super::acl::Acl) {
+        *self.acl.write().unwrap_or_else(|e| e.into_inner()) = acl;
+    }
+
     pub fn state(&self) -> ConnState {
         ConnState::from_u8(self.shared.state.load(Ordering::Acquire))
     }
@@ -135,11 +141,14 @@ pub fn spawn(
         .enable_all()
         .build()?;
     let sh = shared.clone();
+    let service = Service::new(&settings);
+    let acl = service.acl_handle();
     let thread = std::thread::Builder::new()
         .name("streamhost-xmpp".into())
-        .spawn(move || rt.block_on(run(settings, activator, sh, stop_rx)))?;
+        .spawn(move || rt.block_on(run(settings, service, activator, sh, stop_rx)))?;
     Ok(ControlHandle {
         shared,
+        acl,
         stop,
         thread: Some(thread),
     })
@@ -149,11 +158,11 @@ type Stream = XmppStream<<TcpServerConnector as ServerConnector>::Stream>;
 
 async fn run(
     settings: ControlSettings,
+    service: Service,
     activator: Arc<dyn Activator>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let service = Service::new(&settings);
     let mut backoff = Backoff::component();
     loop {
         shared.set(ConnState::Connecting);

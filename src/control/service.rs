@@ -6,6 +6,7 @@ use super::config::{ControlSettings, Streamhost};
 use crate::key::StreamKey;
 use crate::rendezvous::ActivationOutcome;
 use jid::{BareJid, Jid};
+use std::sync::{Arc, RwLock};
 use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::minidom::rxml::NcName;
@@ -117,7 +118,8 @@ pub struct Service {
     jid: BareJid,
     name: String,
     streamhosts: Vec<Streamhost>,
-    acl: Acl,
+    /// Replaced on reload (SIGHUP) while the component stays connected.
+    acl: Arc<RwLock<Acl>>,
 }
 
 fn reply(s: Stanza) -> Action {
@@ -134,8 +136,20 @@ impl Service {
             jid: settings.jid.clone(),
             name: settings.name.clone(),
             streamhosts: settings.streamhosts.clone(),
-            acl: settings.acl.clone(),
+            acl: Arc::new(RwLock::new(settings.acl.clone())),
         }
+    }
+
+    /// The access lists this service checks, shared so they can be swapped on reload.
+    pub fn acl_handle(&self) -> Arc<RwLock<Acl>> {
+        self.acl.clone()
+    }
+
+    fn permits(&self, who: &Jid) -> bool {
+        self.acl
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .permits(who)
     }
 
     pub fn jid(&self) -> &BareJid {
@@ -235,7 +249,7 @@ impl Service {
     }
 
     fn disco_info(&self, r: ReplyTo, payload: &Element) -> Stanza {
-        if !self.acl.permits(&r.peer) {
+        if !self.permits(&r.peer) {
             return r.error(DefinedCondition::Forbidden, "not served by this proxy");
         }
         if payload.attr("node").is_some() {
@@ -259,7 +273,7 @@ impl Service {
     }
 
     fn streamhost_list(&self, r: ReplyTo) -> Stanza {
-        if !self.acl.permits(&r.peer) {
+        if !self.permits(&r.peer) {
             return r.error(DefinedCondition::Forbidden, "not served by this proxy");
         }
         let jid = self.jid.to_string();
@@ -278,7 +292,7 @@ impl Service {
 
     fn activate(&self, r: ReplyTo, payload: &Element) -> Action {
         use DefinedCondition as C;
-        if !self.acl.permits(&r.peer) {
+        if !self.permits(&r.peer) {
             return reply(r.error(C::Forbidden, "not served by this proxy"));
         }
         let sid = match payload.attr("sid") {

@@ -15,10 +15,15 @@ use std::sync::atomic::Ordering::Relaxed;
 impl Worker {
     /// A new client connection: check the limits, then start reading its greeting.
     pub(super) fn accepted(&mut self, fd: RawFd) {
-        let cfg = &self.shared.config;
-        let refuse = if self.shared.open.load(Relaxed) >= cfg.max_connections {
+        let sh = &self.shared;
+        if self.draining {
+            // SAFETY: we own the fresh descriptor and nothing else refers to it.
+            unsafe { libc::close(fd) };
+            return;
+        }
+        let refuse = if sh.open.load(Relaxed) >= sh.max_connections.load(Relaxed) {
             Some(Refusal::MaxConnections)
-        } else if self.shared.pending.load(Relaxed) >= cfg.max_pending {
+        } else if sh.pending.load(Relaxed) >= sh.max_pending.load(Relaxed) {
             Some(Refusal::MaxPending)
         } else {
             None

@@ -20,6 +20,9 @@ pub(crate) enum Msg {
         key: StreamKey,
         done: Box<dyn FnOnce(ActivationOutcome) + Send>,
     },
+    /// Stop accepting and close every connection that is not relaying; running relays
+    /// go on (graceful drain, e.g. while a new process takes over the ports).
+    Drain,
     /// Stop the worker: close listeners and every connection.
     Shutdown,
 }
@@ -78,7 +81,7 @@ impl Drop for Mailbox {
                     libc::close(fd);
                 },
                 Msg::Activate { done, .. } => done(ActivationOutcome::ShuttingDown),
-                Msg::Shutdown => {}
+                Msg::Drain | Msg::Shutdown => {}
             }
         }
         // SAFETY: the mailbox owns its eventfd.

@@ -44,6 +44,9 @@ pub(crate) struct Shared {
     pub open: AtomicUsize,
     /// Connections accepted and not yet activated, whole process (bounded by max_pending).
     pub pending: AtomicUsize,
+    /// Live limits (SIGHUP may change them): `max_connections`, `max_pending`.
+    pub max_connections: AtomicUsize,
+    pub max_pending: AtomicUsize,
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -68,6 +71,8 @@ pub(crate) struct Worker {
     ticks: u32,
     now: Instant,
     stopping: bool,
+    /// Not accepting any more; relays run to their end.
+    draining: bool,
     /// Listeners whose multishot accept ended on an error (e.g. EMFILE): re-armed next tick.
     accept_rearm: Vec<usize>,
     msgs: Vec<Msg>,
@@ -103,6 +108,7 @@ impl Worker {
             ticks: 0,
             now: Instant::now(),
             stopping: false,
+            draining: false,
             accept_rearm: Vec::new(),
             msgs: Vec::new(),
             expired: Vec::new(),
@@ -212,7 +218,7 @@ impl Worker {
     }
 
     fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {
-        if !cqueue::more(flags) && !self.stopping {
+        if !cqueue::more(flags) && !self.stopping && !self.draining {
             if res < 0 {
                 // EMFILE and friends end the multishot; retry on the next tick, not in a spin.
                 tracing::warn!(worker = self.id, error = %io::Error::from_raw_os_error(-res), "accept failed");
@@ -236,6 +242,7 @@ impl Worker {
                     self.handed_off(fd, key, &prefix.0[..prefix.1 as usize])
                 }
                 Msg::Activate { key, done } => self.activate(key, done),
+                Msg::Drain => self.drain(),
                 Msg::Shutdown => self.stopping = true,
             }
         }
@@ -248,12 +255,50 @@ impl Worker {
     fn on_tick(&mut self) {
         self.ticks = self.ticks.wrapping_add(1);
         for l in std::mem::take(&mut self.accept_rearm) {
-            self.arm_accept(l);
+            if !self.draining {
+                self.arm_accept(l);
+            }
         }
         self.expire_handshakes();
         self.expire_unactivated();
         if self.ticks % IDLE_SWEEP_TICKS == 0 {
             self.sweep_idle_relays();
+        }
+    }
+
+    /// Stops accepting (the listeners leave the SO_REUSEPORT group, so a new process bound
+    /// to the same ports gets every new connection) and closes every connection that is
+    /// not relaying. Running relays go on until they end.
+    fn drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        for i in 0..self.listeners.len() {
+            let fd = self.listeners[i].as_raw_fd();
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+                .build()
+                .user_data(token(Op::Cancel, u32::MAX, 0));
+            self.ring.push(e);
+        }
+        // The cancels look the listeners up by fd, so they must run before the close.
+        if let Err(e) = self.ring.ring.submit() {
+            tracing::warn!(worker = self.id, error = %e, "submitting listener cancels");
+        }
+        self.listeners.clear();
+        for id in self.conns.ids() {
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            match &c.phase {
+                Phase::Relay(_) => continue,
+                Phase::Waiting { key } => {
+                    let key = *key;
+                    self.table.remove(&key, id);
+                }
+                _ => {}
+            }
+            self.close(id, CloseKind::Graceful);
         }
     }
 

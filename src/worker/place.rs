@@ -25,7 +25,7 @@ impl Worker {
             pending: true,
             cancel_sent: false,
         });
-        if self.stopping {
+        if self.stopping || self.draining {
             self.close(id, CloseKind::Graceful);
             return;
         }
@@ -110,7 +110,7 @@ impl Worker {
         key: StreamKey,
         done: Box<dyn FnOnce(ActivationOutcome) + Send>,
     ) {
-        if self.stopping {
+        if self.stopping || self.draining {
             done(ActivationOutcome::ShuttingDown);
             return;
         }

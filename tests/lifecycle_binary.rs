@@ -1,0 +1,264 @@
+//! The binary's lifecycle against a real Prosody: SIGTERM drains (a running transfer
+//! finishes byte-exact, new connections go elsewhere), a second process takes over the
+//! port with no failed transfer, and SIGHUP changes the access lists while a relay runs.
+
+mod support;
+
+use sha1::{Digest, Sha1};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+use support::client::{Client, El};
+use support::prosody::{Prosody, DOMAIN, PROXY_JID, SECRET};
+use support::socks5;
+
+const BS: &str = "http://jabber.org/protocol/bytestreams";
+
+struct Proxy {
+    child: Child,
+}
+
+impl Proxy {
+    fn spawn(config: &Path) -> Proxy {
+        let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("streamhost starts");
+        Proxy { child }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Waits (bounded) for the process to exit; returns whether it exited successfully.
+    fn wait_exit(&mut self, secs: u64) -> Option<bool> {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st.success());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, prosody: &Prosody, port: u16, deny: &[&str]) -> PathBuf {
+    let deny: Vec<String> = deny.iter().map(|d| format!("{d:?}")).collect();
+    let text = format!(
+        r#"
+workers = 2
+listen = ["127.0.0.1:{port}"]
+drain_timeout = 30
+
+[component]
+server = "{server}"
+jid = "{PROXY_JID}"
+secret = "{SECRET}"
+
+[component.access]
+deny = [{deny}]
+"#,
+        server = prosody.component_addr(),
+        deny = deny.join(", ")
+    );
+    let p = dir.join("streamhost.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn login(p: &Prosody, user: &str) -> Client {
+    Client::login(p.c2s_port, user, DOMAIN, &format!("pw-{user}")).expect("login")
+}
+
+fn disco(c: &mut Client) -> El {
+    c.iq(
+        "get",
+        Some(PROXY_JID),
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .unwrap()
+}
+
+/// Polls disco#info until the proxy answers (its component is logged in).
+fn wait_component(c: &mut Client, secs: u64) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if disco(c).attr("type") == Some("result") {
+            return;
+        }
+        assert!(Instant::now() < end, "the component never answered");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn activate(c: &mut Client, sid: &str, target: &str) -> El {
+    c.iq(
+        "set",
+        Some(PROXY_JID),
+        &format!("<query xmlns='{BS}' sid='{sid}'><activate>{target}</activate></query>"),
+    )
+    .unwrap()
+}
+
+/// An activated pair through the proxy at `addr`: (requester's socket, target's socket).
+fn active_pair(addr: SocketAddr, sid: &str, r: &mut Client, t: &Client) -> (TcpStream, TcpStream) {
+    let key = hex::encode(Sha1::digest(format!("{sid}{}{}", r.jid, t.jid)));
+    let ts = socks5::connect(addr, &key).expect("target SOCKS5");
+    let rs = socks5::connect(addr, &key).expect("requester SOCKS5");
+    let res = activate(r, sid, &t.jid);
+    assert_eq!(res.attr("type"), Some("result"), "{res:?}");
+    (rs, ts)
+}
+
+fn byte(i: u64) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 7) as u8
+}
+
+/// Sends `total` bytes in paced chunks (so the transfer spans the test's signals).
+fn paced_sender(mut s: TcpStream, total: u64, pause: Duration) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut off = 0u64;
+        let mut buf = vec![0u8; 256 << 10];
+        while off < total {
+            let n = (total - off).min(buf.len() as u64) as usize;
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = byte(off + i as u64);
+            }
+            s.write_all(&buf[..n]).unwrap();
+            off += n as u64;
+            thread::sleep(pause);
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    })
+}
+
+fn check_receiver(mut s: TcpStream, total: u64) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0u64;
+        loop {
+            let n = s.read(&mut buf).expect("relay read");
+            if n == 0 {
+                break;
+            }
+            for (i, &b) in buf[..n].iter().enumerate() {
+                assert_eq!(b, byte(off + i as u64), "wrong byte at {}", off + i as u64);
+            }
+            off += n as u64;
+        }
+        assert_eq!(off, total, "the whole transfer arrived");
+    })
+}
+
+#[test]
+fn sigterm_drains_and_a_new_process_takes_over_the_port() {
+    let prosody = Prosody::start(&[
+        ("romeo", DOMAIN, "pw-romeo"),
+        ("juliet", DOMAIN, "pw-juliet"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &prosody, port, &[]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut romeo = login(&prosody, "romeo");
+    let juliet = login(&prosody, "juliet");
+
+    let mut old = Proxy::spawn(&cfg);
+    wait_component(&mut romeo, 20);
+    let (rs, ts) = active_pair(addr, "before-upgrade", &mut romeo, &juliet);
+    let total = 48u64 << 20;
+    let sender = paced_sender(rs, total, Duration::from_millis(20));
+    let receiver = check_receiver(ts, total);
+
+    // The new process binds the same port (SO_REUSEPORT) while the old one still runs.
+    let _new = Proxy::spawn(&cfg);
+    thread::sleep(Duration::from_millis(300));
+    old.signal("-TERM");
+    // The old process left XMPP; the new one logs in and serves new transfers.
+    wait_component(&mut romeo, 40);
+    let (rs2, ts2) = active_pair(addr, "after-upgrade", &mut romeo, &juliet);
+    let s2 = paced_sender(rs2, 1 << 20, Duration::ZERO);
+    check_receiver(ts2, 1 << 20).join().unwrap();
+    s2.join().unwrap();
+
+    // The transfer that was running in the old process completes byte-exact, then it exits.
+    sender.join().unwrap();
+    receiver.join().unwrap();
+    assert_eq!(
+        old.wait_exit(20),
+        Some(true),
+        "the old process exits cleanly"
+    );
+}
+
+#[test]
+fn sighup_reloads_access_lists_without_dropping_a_relay() {
+    let prosody = Prosody::start(&[
+        ("romeo", DOMAIN, "pw-romeo"),
+        ("juliet", DOMAIN, "pw-juliet"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &prosody, port, &[]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut romeo = login(&prosody, "romeo");
+    let mut juliet = login(&prosody, "juliet");
+    let proxy = Proxy::spawn(&cfg);
+    wait_component(&mut romeo, 20);
+
+    let (rs, ts) = active_pair(addr, "during-reload", &mut romeo, &juliet);
+    let total = 24u64 << 20;
+    let sender = paced_sender(rs, total, Duration::from_millis(20));
+    let receiver = check_receiver(ts, total);
+
+    write_config(dir.path(), &prosody, port, &["romeo@localhost"]);
+    proxy.signal("-HUP");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = disco(&mut romeo);
+        if r.error_condition().as_deref() == Some("forbidden") {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the new deny list never applied: {r:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Activation is refused too; others are still served.
+    let refused = activate(&mut romeo, "after-reload", &juliet.jid);
+    assert_eq!(refused.error_condition().as_deref(), Some("forbidden"));
+    assert_eq!(disco(&mut juliet).attr("type"), Some("result"));
+    // The running relay was not disturbed.
+    sender.join().unwrap();
+    receiver.join().unwrap();
+}
