@@ -64,6 +64,15 @@ pub struct Config {
     pub relay: RelayConfig,
     /// The XEP-0114 component (control plane); absent: data plane only.
     pub component: Option<crate::control::ControlConfig>,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint (`GET /metrics`, `GET /ready`); off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// HTTP listen address, e.g. `127.0.0.1:9477`.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +107,7 @@ impl Default for Config {
             socks5_auth: None,
             relay: RelayConfig::default(),
             component: None,
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -260,6 +270,17 @@ impl Config {
         if r.pipes_per_worker == 0 || r.pipes_per_worker > 65536 {
             return Err(invalid("relay.pipes_per_worker", "must be 1 to 65536"));
         }
+        if let Some(m) = self.metrics.listen {
+            if m.port() == 0 {
+                return Err(invalid("metrics.listen", "needs a fixed port (not 0)"));
+            }
+            if self.listen.contains(&m) {
+                return Err(invalid(
+                    "metrics.listen",
+                    format!("{m} is also a SOCKS5 `listen` address"),
+                ));
+            }
+        }
         if let Some(c) = &self.component {
             c.resolve(&self.listen)?;
         }
@@ -305,6 +326,23 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.relay.engine, Engine::Splice);
         assert_eq!(c.socks5_auth.unwrap().username, "u");
+    }
+
+    #[test]
+    fn metrics_section_parses_and_is_validated() {
+        assert_eq!(Config::default().metrics.listen, None);
+        let c = Config::from_toml_str("[metrics]\nlisten = \"127.0.0.1:9477\"", "x.toml").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9477".parse().unwrap()));
+        let e = Config::from_toml_str("[metrics]\nlisen = \"127.0.0.1:1\"", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+        let mut c = Config::default();
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("`metrics.listen`"), "{e}");
+        c.metrics.listen = Some("0.0.0.0:7777".parse().unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("`metrics.listen`"), "{e}");
     }
 
     #[test]

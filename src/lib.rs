@@ -7,6 +7,7 @@
 pub mod config;
 pub mod control;
 pub mod key;
+pub mod metrics;
 pub mod rendezvous;
 pub mod server;
 pub mod socks5;
@@ -15,6 +16,7 @@ mod worker;
 
 pub use config::Config;
 pub use key::StreamKey;
+pub use metrics::MetricsServer;
 pub use rendezvous::ActivationOutcome;
 pub use server::{Handle, Server};
 pub use stats::{Refusal, Stats};

@@ -119,6 +119,14 @@ fn run(config: Config, path: Option<PathBuf>) -> std::io::Result<()> {
             None
         }
     };
+    let metrics = match config.metrics.listen {
+        Some(addr) => Some(streamhost::metrics::serve(
+            addr,
+            handle.clone(),
+            control.as_ref().map(|c| c.status()),
+        )?),
+        None => None,
+    };
     for sig in signals.forever() {
         if sig == SIGHUP {
             reload(path.as_deref(), &handle, control.as_ref());
@@ -126,6 +134,10 @@ fn run(config: Config, path: Option<PathBuf>) -> std::io::Result<()> {
         }
         tracing::info!(signal = sig, deadline_s = config.drain_timeout, "draining");
         break;
+    }
+    // The metrics server holds the data plane too; it goes first.
+    if let Some(m) = metrics {
+        m.stop();
     }
     // Leave XMPP first, so a new process can log in as the component while relays finish.
     if let Some(c) = control {

@@ -231,6 +231,23 @@ fn every_error_case_round_trips_through_prosody() {
     }
     assert_error(&activate(&mut romeo, "x", "@@not a jid"), "jid-malformed");
 
+    // Every answer was counted for the metrics endpoint, with its latency.
+    let a = e.control.status().activations();
+    let n = |name: &str| a.replies.iter().find(|(r, _)| r.name() == name).unwrap().1;
+    let counted = [
+        ("activated", 1),
+        ("item-not-found", 1),
+        ("not-allowed", 2),
+        ("bad-request", 4),
+        ("jid-malformed", 1),
+        ("forbidden", 0),
+    ];
+    for (name, want) in counted {
+        assert_eq!(n(name), want, "{name}: {a:?}");
+    }
+    assert_eq!(a.count, 9);
+    assert_eq!(a.buckets.last().unwrap().1, 9);
+
     let el = romeo
         .iq("get", Some(PROXY_JID), "<query xmlns='jabber:iq:roster'/>")
         .unwrap();

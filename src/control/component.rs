@@ -10,6 +10,7 @@
 use super::backoff::Backoff;
 use super::config::ControlSettings;
 use super::service::{Action, Service};
+use super::telemetry::{is_activation, ActivationReply, ActivationSnapshot, ActivationStats};
 use super::Activator;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
@@ -20,7 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
@@ -63,6 +64,7 @@ impl ConnState {
 struct Shared {
     state: AtomicU8,
     logins: AtomicU64,
+    activations: Arc<ActivationStats>,
 }
 
 impl Shared {
@@ -81,12 +83,14 @@ pub struct ControlHandle {
     thread: Option<JoinHandle<()>>,
 }
 
-impl ControlHandle {
-    /// Swaps the access lists (SIGHUP reload); the next IQ is checked against them.
-    pub fn set_acl(&self, acl: super::acl::Acl) {
-        *self.acl.write().unwrap_or_else(|e| e.into_inner()) = acl;
-    }
+/// A cheap, cloneable read-only view of the control plane for metrics and readiness;
+/// it stays readable after the control plane stops (then `Down`).
+#[derive(Debug, Clone)]
+pub struct ControlStatus {
+    shared: Arc<Shared>,
+}
 
+impl ControlStatus {
     pub fn state(&self) -> ConnState {
         ConnState::from_u8(self.shared.state.load(Ordering::Acquire))
     }
@@ -94,6 +98,34 @@ impl ControlHandle {
     /// Successful logins so far (a reconnect adds one).
     pub fn logins(&self) -> u64 {
         self.shared.logins.load(Ordering::Acquire)
+    }
+
+    /// Activation latency histogram and replies by kind.
+    pub fn activations(&self) -> ActivationSnapshot {
+        self.shared.activations.snapshot()
+    }
+}
+
+impl ControlHandle {
+    /// Swaps the access lists (SIGHUP reload); the next IQ is checked against them.
+    pub fn set_acl(&self, acl: super::acl::Acl) {
+        *self.acl.write().unwrap_or_else(|e| e.into_inner()) = acl;
+    }
+
+    pub fn state(&self) -> ConnState {
+        self.status().state()
+    }
+
+    /// Successful logins so far (a reconnect adds one).
+    pub fn logins(&self) -> u64 {
+        self.status().logins()
+    }
+
+    /// A view for metrics and readiness that outlives nothing: cheap to clone.
+    pub fn status(&self) -> ControlStatus {
+        ControlStatus {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Waits until the link is up, at most `timeout`; true if it is.
@@ -178,7 +210,8 @@ async fn run(
                 shared.logins.fetch_add(1, Ordering::AcqRel);
                 backoff.reset();
                 info!(server = %settings.server, jid = %settings.jid, "component connected");
-                match serve(stream, &service, &*activator, &settings, &mut stop).await {
+                let stats = &shared.activations;
+                match serve(stream, &service, &*activator, &settings, stats, &mut stop).await {
                     End::Stopped => break,
                     End::Lost(why) => {
                         warn!(server = %settings.server, "component link lost: {why}")
@@ -268,6 +301,7 @@ async fn serve(
     service: &Service,
     activator: &dyn Activator,
     settings: &ControlSettings,
+    stats: &Arc<ActivationStats>,
     stop: &mut watch::Receiver<bool>,
 ) -> End {
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
@@ -286,11 +320,18 @@ async fn serve(
             item = stream.next() => match item {
                 None => return End::Lost("connection closed".into()),
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(st)))) => {
+                    let activation = is_activation(&st).then(Instant::now);
                     match service.handle(st) {
                         Action::Ignore => None,
-                        Action::Reply(r) => Some(*r),
+                        Action::Reply(r) => {
+                            if let Some(t) = activation {
+                                stats.record(t.elapsed(), ActivationReply::of(&r));
+                            }
+                            Some(*r)
+                        }
                         Action::Activate(a) => {
-                            pending.push(activate(activator, a));
+                            let t = activation.unwrap_or_else(Instant::now);
+                            pending.push(activate(activator, a, t, stats.clone()));
                             None
                         }
                     }
@@ -343,7 +384,14 @@ async fn serve(
     }
 }
 
-fn activate(activator: &dyn Activator, a: super::service::Activation) -> Pending {
+/// Asks the data plane and turns its outcome into the reply; the time from `received`
+/// to the reply being ready is recorded in `stats`.
+fn activate(
+    activator: &dyn Activator,
+    a: super::service::Activation,
+    received: Instant,
+    stats: Arc<ActivationStats>,
+) -> Pending {
     let (tx, rx) = oneshot::channel();
     activator.activate_then(
         &a.key,
@@ -352,7 +400,7 @@ fn activate(activator: &dyn Activator, a: super::service::Activation) -> Pending
         }),
     );
     Box::pin(async move {
-        match tokio::time::timeout(ACTIVATION_TIMEOUT, rx).await {
+        let reply = match tokio::time::timeout(ACTIVATION_TIMEOUT, rx).await {
             Ok(Ok(outcome)) => {
                 debug!(key = %a.key, ?outcome, "activation");
                 a.reply(outcome)
@@ -361,7 +409,9 @@ fn activate(activator: &dyn Activator, a: super::service::Activation) -> Pending
                 warn!(key = %a.key, "the data plane did not answer an activation");
                 a.no_answer()
             }
-        }
+        };
+        stats.record(received.elapsed(), ActivationReply::of(&reply));
+        reply
     })
 }
 
@@ -419,17 +469,27 @@ mod tests {
     }
 
     fn run_one(activator: Fixed) -> Element {
+        run_counted(activator).0
+    }
+
+    fn run_counted(activator: Fixed) -> (Element, ActivationSnapshot) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
+        let stats = Arc::new(ActivationStats::default());
         let start = std::time::Instant::now();
-        let st = rt.block_on(activate(&activator, activation()));
+        let st = rt.block_on(activate(&activator, activation(), start, stats.clone()));
         assert!(start.elapsed() < Duration::from_secs(1));
-        match st {
+        let el = match st {
             Stanza::Iq(iq) => iq.into(),
             other => panic!("{other:?}"),
-        }
+        };
+        (el, stats.snapshot())
+    }
+
+    fn replies(snap: &ActivationSnapshot, r: ActivationReply) -> u64 {
+        snap.replies.iter().find(|(x, _)| *x == r).unwrap().1
     }
 
     #[test]
@@ -437,6 +497,17 @@ mod tests {
         let el = run_one(Fixed(Some(ActivationOutcome::Activated)));
         assert_eq!(el.attr("type"), Some("result"));
         assert_eq!(el.attr("id"), Some("a1"));
+    }
+
+    #[test]
+    fn activation_latency_and_reply_are_recorded() {
+        let (_, snap) = run_counted(Fixed(Some(ActivationOutcome::UnknownKey)));
+        assert_eq!(snap.count, 1);
+        assert_eq!(replies(&snap, ActivationReply::ItemNotFound), 1);
+        assert_eq!(replies(&snap, ActivationReply::Activated), 0);
+        let (_, snap) = run_counted(Fixed(Some(ActivationOutcome::Activated)));
+        assert_eq!(replies(&snap, ActivationReply::Activated), 1);
+        assert!(snap.sum_seconds < 1.0);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - `service`: stanza in, reply or activation out (sans-IO).
 //! - `backoff`: reconnect delays (sans-IO).
 //! - `component`: the connection thread that drives the above.
+//! - `telemetry`: activation latency and replies, read by the metrics endpoint.
 
 pub mod acl;
 pub mod backoff;
@@ -14,12 +15,13 @@ pub mod config;
 pub mod service;
 #[cfg(test)]
 mod service_tests;
+pub mod telemetry;
 
 use crate::key::StreamKey;
 use crate::rendezvous::ActivationOutcome;
 use crate::server::Handle;
 
-pub use component::{spawn, ConnState, ControlHandle};
+pub use component::{spawn, ConnState, ControlHandle, ControlStatus};
 pub use config::{ControlConfig, ControlSettings};
 
 /// What the control plane needs from the data plane: start relaying a key, and report the

@@ -1,0 +1,200 @@
+//! The exported metrics, read at scrape time from `Handle::stats()` and the control
+//! plane's `ControlStatus`, and encoded as OpenMetrics text by `prometheus-client`.
+
+use crate::control::telemetry::ActivationSnapshot;
+use crate::control::ControlStatus;
+use crate::server::Handle;
+use crate::stats::Stats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::fmt;
+use std::sync::Arc;
+
+/// Content type of `encode`'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What a scrape reads.
+#[derive(Clone)]
+pub struct Sources {
+    pub data: Arc<Handle>,
+    pub control: Option<ControlStatus>,
+}
+
+impl fmt::Debug for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sources")
+            .field("workers", &self.data.workers())
+            .field("control", &self.control.is_some())
+            .finish()
+    }
+}
+
+/// A registry whose one collector reads `sources` on every scrape.
+pub fn registry(sources: Sources) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(sources));
+    r
+}
+
+/// The whole exposition, `# EOF` included.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+type Enc<'a> = DescriptorEncoder<'a>;
+
+fn counter(e: &mut Enc, name: &str, help: &str, v: u64) -> fmt::Result {
+    let m = ConstCounter::new(v);
+    m.encode(e.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
+fn gauge(e: &mut Enc, name: &str, help: &str, v: u64) -> fmt::Result {
+    let m = ConstGauge::new(v);
+    m.encode(e.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
+/// A counter with one label, one sample per `(label value, count)`.
+fn counters<'v>(
+    e: &mut Enc,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'v str, u64)>,
+) -> fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        ConstCounter::new(n).encode(m.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
+fn data_plane(e: &mut Enc, s: &Stats, workers: usize) -> fmt::Result {
+    gauge(
+        e,
+        "streamhost_workers",
+        "Worker threads (one io_uring ring each).",
+        workers as u64,
+    )?;
+    counter(
+        e,
+        "streamhost_connections_accepted",
+        "Client connections accepted.",
+        s.accepted,
+    )?;
+    gauge(
+        e,
+        "streamhost_connections_open",
+        "Client connections open, all states.",
+        s.open,
+    )?;
+    counters(
+        e,
+        "streamhost_handshakes",
+        "SOCKS5 handshakes finished, by outcome.",
+        "outcome",
+        [("ok", s.handshakes_ok), ("failed", s.handshakes_failed)],
+    )?;
+    counter(
+        e,
+        "streamhost_pairs_matched",
+        "Keys whose two halves both connected.",
+        s.pairs_matched,
+    )?;
+    counter(
+        e,
+        "streamhost_activations",
+        "Pairs activated (relays started).",
+        s.activations,
+    )?;
+    gauge(
+        e,
+        "streamhost_relays_active",
+        "Relays running.",
+        s.relays_active,
+    )?;
+    counter(
+        e,
+        "streamhost_relays_finished",
+        "Relays finished.",
+        s.relays_finished,
+    )?;
+    counters(
+        e,
+        "streamhost_relay_bytes",
+        "Bytes relayed, by direction (from the half that connected first or second).",
+        "direction",
+        [
+            ("first_to_second", s.bytes_first_to_second),
+            ("second_to_first", s.bytes_second_to_first),
+        ],
+    )?;
+    counter(
+        e,
+        "streamhost_handoffs",
+        "Finished handshakes handed to the key's owner core.",
+        s.handoffs,
+    )?;
+    counter(
+        e,
+        "streamhost_relay_errors",
+        "Relay engine errors other than resets (failed syscall, no buffer).",
+        s.relay_errors,
+    )?;
+    counters(
+        e,
+        "streamhost_refusals",
+        "Connections or activations refused, by reason.",
+        "reason",
+        s.refusals.iter().map(|&(r, n)| (r.name(), n)),
+    )
+}
+
+fn control_plane(e: &mut Enc, c: &ControlStatus) -> fmt::Result {
+    gauge(
+        e,
+        "streamhost_component_state",
+        "XEP-0114 component link: 0 down, 1 connecting, 2 connected.",
+        c.state() as u64,
+    )?;
+    counter(
+        e,
+        "streamhost_component_logins",
+        "Successful component logins (a reconnect adds one).",
+        c.logins(),
+    )?;
+    activations(e, &c.activations())
+}
+
+fn activations(e: &mut Enc, a: &ActivationSnapshot) -> fmt::Result {
+    counters(
+        e,
+        "streamhost_component_activations",
+        "Activation requests answered, by reply (activated or the XMPP error condition).",
+        "outcome",
+        a.replies.iter().map(|&(r, n)| (r.name(), n)),
+    )?;
+    let mut m = e.encode_descriptor(
+        "streamhost_component_activation_duration_seconds",
+        "Time from receiving an activation request to its reply being ready to send.",
+        None,
+        MetricType::Histogram,
+    )?;
+    m.encode_histogram::<NoLabelSet>(a.sum_seconds, a.count, &a.buckets, None)
+}
+
+impl Collector for Sources {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        data_plane(&mut e, &self.data.stats(), self.data.workers())?;
+        match &self.control {
+            Some(c) => control_plane(&mut e, c),
+            None => Ok(()),
+        }
+    }
+}
