@@ -51,6 +51,12 @@ pub struct Config {
     pub max_connections: usize,
     /// Connections in handshake or waiting for their peer / activation, whole process.
     pub max_pending: usize,
+    /// Connections open at once from one IPv4 address or IPv6 /64; 0 = no limit.
+    pub max_connections_per_ip: u32,
+    /// New connections per second from one IPv4 address or IPv6 /64; 0 = no limit.
+    pub connection_rate_per_ip: f64,
+    /// Burst allowed above `connection_rate_per_ip`.
+    pub connection_burst_per_ip: u32,
     /// Seconds a client has to finish its SOCKS5 handshake.
     pub handshake_timeout: u64,
     /// Seconds a connected half may wait for its peer and for activation (ejabberd: 60).
@@ -100,6 +106,9 @@ impl Default for Config {
             backlog: 4096,
             max_connections: 100_000,
             max_pending: 20_000,
+            max_connections_per_ip: 256,
+            connection_rate_per_ip: 0.0,
+            connection_burst_per_ip: 32,
             handshake_timeout: 10,
             activation_timeout: 60,
             idle_timeout: 900,
@@ -218,6 +227,15 @@ impl Config {
                     self.max_pending, self.max_connections
                 ),
             ));
+        }
+        if !self.connection_rate_per_ip.is_finite() || self.connection_rate_per_ip < 0.0 {
+            return Err(invalid(
+                "connection_rate_per_ip",
+                "must be a number of connections per second, 0 or more",
+            ));
+        }
+        if self.connection_burst_per_ip == 0 {
+            return Err(invalid("connection_burst_per_ip", "must be at least 1"));
         }
         if self.handshake_timeout == 0 {
             return Err(invalid("handshake_timeout", "must be at least 1 second"));

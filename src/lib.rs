@@ -7,6 +7,7 @@
 pub mod config;
 pub mod control;
 pub mod key;
+pub mod limits;
 pub mod metrics;
 pub mod rendezvous;
 pub mod server;

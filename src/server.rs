@@ -44,6 +44,11 @@ impl Server {
             pending: AtomicUsize::new(0),
             max_connections: AtomicUsize::new(config.max_connections),
             max_pending: AtomicUsize::new(config.max_pending),
+            ip_limits: crate::limits::IpLimiter::new(
+                config.max_connections_per_ip,
+                config.connection_rate_per_ip,
+                config.connection_burst_per_ip,
+            ),
             config,
         });
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -105,6 +110,11 @@ impl Handle {
             .max_connections
             .store(new.max_connections, Relaxed);
         self.shared.max_pending.store(new.max_pending, Relaxed);
+        self.shared.ip_limits.set(
+            new.max_connections_per_ip,
+            new.connection_rate_per_ip,
+            new.connection_burst_per_ip,
+        );
         let old = &self.shared.config;
         let mut restart = Vec::new();
         if old.listen != new.listen {

@@ -57,9 +57,11 @@ impl Refusal {
             Refusal::HandshakeTimeout | Refusal::ActivationTimeout => Rep::TtlExpired,
             // Handled before any request reply (05 FF, or a close at accept), but a code is
             // still needed if a driver asks.
-            Refusal::NoAcceptableMethod | Refusal::MaxConnections | Refusal::MaxPending => {
-                Rep::GeneralFailure
-            }
+            Refusal::NoAcceptableMethod
+            | Refusal::MaxConnections
+            | Refusal::MaxPending
+            | Refusal::PerIpConnections
+            | Refusal::PerIpRate => Rep::GeneralFailure,
         }
     }
 }

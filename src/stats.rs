@@ -35,10 +35,14 @@ pub enum Refusal {
     MaxConnections,
     /// The process-wide limit of pending (handshaking or unactivated) connections.
     MaxPending,
+    /// Too many connections open from one address (IPv4) or /64 (IPv6).
+    PerIpConnections,
+    /// Too many new connections per second from one address or /64.
+    PerIpRate,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 14] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::BadVersion,
         Refusal::NoAcceptableMethod,
         Refusal::AuthFailed,
@@ -53,6 +57,8 @@ impl Refusal {
         Refusal::ActivationTimeout,
         Refusal::MaxConnections,
         Refusal::MaxPending,
+        Refusal::PerIpConnections,
+        Refusal::PerIpRate,
     ];
 
     /// A stable snake_case name for logs and metrics labels.
@@ -72,6 +78,8 @@ impl Refusal {
             Refusal::ActivationTimeout => "activation_timeout",
             Refusal::MaxConnections => "max_connections",
             Refusal::MaxPending => "max_pending",
+            Refusal::PerIpConnections => "per_ip_connections",
+            Refusal::PerIpRate => "per_ip_rate",
         }
     }
 }

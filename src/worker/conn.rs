@@ -3,6 +3,7 @@
 use super::pipes::Pipe;
 use super::slab::ConnId;
 use crate::key::StreamKey;
+use crate::limits::Source;
 use crate::socks5::Handshake;
 use std::os::fd::RawFd;
 use std::time::Instant;
@@ -12,6 +13,8 @@ pub(crate) const HS_BUF: usize = 1024;
 
 pub(crate) struct Conn {
     pub fd: RawFd,
+    /// Where it came from, for the per-address limits.
+    pub src: Source,
     /// Operations submitted for this connection whose final completion has not arrived.
     /// Memory they point into (buffers below) is freed only when this is zero.
     pub inflight: u32,

@@ -6,6 +6,7 @@ use super::mailbox::Msg;
 use super::ring::{token, Op};
 use super::slab::ConnId;
 use super::Worker;
+use crate::limits::Source;
 use crate::socks5::{Handshake, Step};
 use crate::stats::Refusal;
 use io_uring::{opcode, types};
@@ -28,6 +29,8 @@ impl Worker {
         } else {
             None
         };
+        let src = Source::of(peer_ip(fd));
+        let refuse = refuse.or_else(|| sh.ip_limits.admit(src, self.now).err());
         if let Some(why) = refuse {
             self.stats().refuse(why);
             // SAFETY: we own the fresh descriptor and nothing else refers to it.
@@ -47,6 +50,7 @@ impl Worker {
         });
         let id = self.conns.insert(Conn {
             fd,
+            src,
             inflight: 0,
             phase: Phase::Handshake(hs),
             closing: None,
@@ -132,6 +136,7 @@ impl Worker {
                 self.stats().handoffs.fetch_add(1, Relaxed);
                 self.shared.mailboxes[owner].send(Msg::HandOff {
                     fd: c.fd,
+                    src: c.src,
                     key,
                     prefix,
                 });
@@ -287,4 +292,15 @@ fn set_nodelay(fd: RawFd) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
+}
+
+/// The client's address (unspecified if the socket has none, which never limits anyone).
+fn peer_ip(fd: RawFd) -> std::net::IpAddr {
+    // SAFETY: the descriptor is open and owned by the caller for the duration of this call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd)
+        .peer_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip())
 }

@@ -13,6 +13,7 @@ pub(crate) enum Msg {
     /// owns. `prefix` holds intermediate replies not yet sent (pipelined handshakes).
     HandOff {
         fd: RawFd,
+        src: crate::limits::Source,
         key: StreamKey,
         prefix: ([u8; 4], u8),
     },

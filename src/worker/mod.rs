@@ -47,6 +47,7 @@ pub(crate) struct Shared {
     /// Live limits (SIGHUP may change them): `max_connections`, `max_pending`.
     pub max_connections: AtomicUsize,
     pub max_pending: AtomicUsize,
+    pub ip_limits: crate::limits::IpLimiter,
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -238,9 +239,12 @@ impl Worker {
         self.shared.mailboxes[self.id].drain(&mut msgs);
         for m in msgs.drain(..) {
             match m {
-                Msg::HandOff { fd, key, prefix } => {
-                    self.handed_off(fd, key, &prefix.0[..prefix.1 as usize])
-                }
+                Msg::HandOff {
+                    fd,
+                    src,
+                    key,
+                    prefix,
+                } => self.handed_off(fd, src, key, &prefix.0[..prefix.1 as usize]),
                 Msg::Activate { key, done } => self.activate(key, done),
                 Msg::Drain => self.drain(),
                 Msg::Shutdown => self.stopping = true,
@@ -263,6 +267,9 @@ impl Worker {
         self.expire_unactivated();
         if self.ticks % IDLE_SWEEP_TICKS == 0 {
             self.sweep_idle_relays();
+            if self.id == 0 {
+                self.shared.ip_limits.sweep(self.now);
+            }
         }
     }
 
@@ -351,6 +358,7 @@ impl Worker {
         if c.pending {
             self.shared.pending.fetch_sub(1, Relaxed);
         }
+        self.shared.ip_limits.release(c.src);
         self.shared.open.fetch_sub(1, Relaxed);
         self.stats().open.fetch_sub(1, Relaxed);
         self.wake_starving();
@@ -393,6 +401,7 @@ impl Worker {
                 if c.pending {
                     self.shared.pending.fetch_sub(1, Relaxed);
                 }
+                self.shared.ip_limits.release(c.src);
                 self.shared.open.fetch_sub(1, Relaxed);
                 self.stats().open.fetch_sub(1, Relaxed);
             }

@@ -15,10 +15,17 @@ use std::sync::atomic::Ordering::Relaxed;
 
 impl Worker {
     /// A connection whose handshake finished on another core, for a key this core owns.
-    pub(super) fn handed_off(&mut self, fd: RawFd, key: StreamKey, prefix: &[u8]) {
+    pub(super) fn handed_off(
+        &mut self,
+        fd: RawFd,
+        src: crate::limits::Source,
+        key: StreamKey,
+        prefix: &[u8],
+    ) {
         self.stats().open.fetch_add(1, Relaxed);
         let id = self.conns.insert(Conn {
             fd,
+            src,
             inflight: 0,
             phase: Phase::Dead,
             closing: None,

@@ -1,0 +1,119 @@
+//! Connection limits over real loopback sockets: process-wide, pending, per source address
+//! (concurrent and rate), each counted when it bites.
+
+mod common;
+
+use common::*;
+use socket2::{Domain, Socket, Type};
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use streamhost::config::Engine;
+use streamhost::Refusal;
+
+/// Connects from a chosen loopback source address.
+fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.connect(&to.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// True if the proxy closed the connection without a byte (refused at accept).
+fn refused_at_accept(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0) | Err(_))
+}
+
+/// True if the proxy answers a greeting (it was admitted).
+fn admitted(s: &mut TcpStream) -> bool {
+    use std::io::Write;
+    if s.write_all(&[5, 1, 0]).is_err() {
+        return false;
+    }
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).is_ok() && b == [5, 0]
+}
+
+#[test]
+fn per_ip_connection_limit_bites_per_source_only() {
+    let mut c = config(Engine::Copy);
+    c.max_connections_per_ip = 3;
+    let (h, addr) = start(c);
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.1", addr)).collect();
+    for s in &mut held {
+        assert!(admitted(s));
+    }
+    let mut fourth = connect_from("127.0.0.1", addr);
+    assert!(refused_at_accept(&mut fourth));
+    assert_eq!(h.stats().refused(Refusal::PerIpConnections), 1);
+    // Another source is not affected.
+    let mut other = connect_from("127.0.0.2", addr);
+    assert!(admitted(&mut other));
+    // Closing one frees a place.
+    drop(held.pop());
+    assert!(eventually(5, || h.stats().open == 3));
+    let mut again = connect_from("127.0.0.1", addr);
+    assert!(admitted(&mut again));
+}
+
+#[test]
+fn per_ip_rate_is_enforced_within_ten_percent() {
+    let mut c = config(Engine::Copy);
+    c.connection_rate_per_ip = 50.0;
+    c.connection_burst_per_ip = 10;
+    let (h, addr) = start(c);
+    // Try far faster than the rate for 2 s; admitted = burst + rate x elapsed.
+    let start_at = Instant::now();
+    let mut tried = 0u64;
+    while start_at.elapsed() < Duration::from_secs(2) {
+        let s = connect_from("127.0.0.3", addr);
+        drop(s);
+        tried += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = start_at.elapsed().as_secs_f64();
+    assert!(eventually(5, || h.stats().open == 0));
+    let s = h.stats();
+    let refused = s.refused(Refusal::PerIpRate);
+    let admitted = s.accepted;
+    assert_eq!(admitted + refused, tried, "every attempt counted once");
+    let expected = 10.0 + 50.0 * elapsed;
+    let err = (admitted as f64 - expected).abs() / expected;
+    assert!(
+        err < 0.10,
+        "admitted {admitted} of {tried} in {elapsed:.2} s, expected {expected:.0}"
+    );
+}
+
+#[test]
+fn process_wide_and_pending_limits() {
+    let mut c = config(Engine::Copy);
+    c.max_connections = 4;
+    c.max_pending = 2;
+    let (h, addr) = start(c);
+    let k = key(1);
+    let a = half(addr, &k);
+    let b = half(addr, &k);
+    // Two pending halves: a third pending connection is refused.
+    let mut third = TcpStream::connect(addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(refused_at_accept(&mut third));
+    assert_eq!(h.stats().refused(Refusal::MaxPending), 1);
+    // Activation takes them out of pending; the process-wide limit then bites at 4.
+    assert_eq!(h.activate(&k), streamhost::ActivationOutcome::Activated);
+    let _c = half(addr, &key(2));
+    let _d = half(addr, &key(3));
+    let mut fifth = TcpStream::connect(addr).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(refused_at_accept(&mut fifth));
+    assert_eq!(h.stats().refused(Refusal::MaxConnections), 1);
+    drop((a, b));
+}
