@@ -14,6 +14,8 @@ pub fn config(engine: Engine) -> Config {
     let mut c = Config {
         workers: 2,
         listen: vec!["127.0.0.1:0".parse().unwrap()],
+        // Every test client comes from 127.0.0.1; tests of the per-address limit set it.
+        max_connections_per_ip: 0,
         ..Config::default()
     };
     c.relay.engine = engine;
