@@ -161,6 +161,9 @@ impl Harness {
     }
 }
 
+/// One scenario of a command, run against the harness.
+type Step = Box<dyn Fn(&Ctx) -> anyhow::Result<ScenarioReport>>;
+
 /// Runs one scenario command; returns the report (with errors, if any).
 pub fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
     let direct_only = matches!(cmd, Cmd::Direct(_));
@@ -169,7 +172,7 @@ pub fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
         env: h.env.clone(),
         ..Default::default()
     };
-    let steps: Vec<Box<dyn Fn(&Ctx) -> anyhow::Result<ScenarioReport>>> = match cmd.clone() {
+    let steps: Vec<Step> = match cmd.clone() {
         Cmd::Quick => vec![
             Box::new(|ctx| {
                 mixed::run(

@@ -166,6 +166,9 @@ pub fn run_one(
     })
 }
 
+/// Picks one histogram of a run.
+type Pick = fn(&MixedRun) -> &Histogram<u64>;
+
 pub fn run(ctx: &Ctx, p: &MixedParams) -> anyhow::Result<ScenarioReport> {
     let started = Instant::now();
     let sched = schedule(p, ctx.seed)?;
@@ -201,7 +204,7 @@ pub fn run(ctx: &Ctx, p: &MixedParams) -> anyhow::Result<ScenarioReport> {
         Figure::new("goodput", "Gbit/s", main.goodput_gbps, true)
             .with_direct(direct.map(|d| d.goodput_gbps)),
     );
-    let hs: [(&str, fn(&MixedRun) -> &Histogram<u64>); 3] = [
+    let hs: [(&str, Pick); 3] = [
         ("done", |r| &r.done),
         ("done (<= 64 KiB)", |r| &r.small_done),
         ("activated", |r| &r.setup),

@@ -29,7 +29,7 @@ pub fn connect(
         .as_bytes(),
     )?;
     let mut reader = Reader::new(conn.try_clone()?);
-    let id = match reader.next()? {
+    let id = match reader.next_item()? {
         Some(Item::StreamStart(h)) => h
             .attr("id")
             .ok_or_else(|| anyhow::anyhow!("server stream header has no id"))?
@@ -37,7 +37,7 @@ pub fn connect(
         other => anyhow::bail!("expected the server's stream header, got {other:?}"),
     };
     conn.write_all(format!("<handshake>{}</handshake>", handshake_digest(&id, secret)).as_bytes())?;
-    match reader.next()? {
+    match reader.next_item()? {
         Some(Item::Stanza(h)) if h.name == "handshake" => {}
         Some(Item::Stanza(e)) if e.name == "stream:error" => anyhow::bail!(
             "server refused component {jid}: {}",

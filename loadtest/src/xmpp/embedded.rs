@@ -118,7 +118,7 @@ fn stream_error(conn: &mut TcpStream, condition: &str) {
 fn accept_component(mut conn: TcpStream, st: &State) -> anyhow::Result<Arc<Link>> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = Reader::new(conn.try_clone()?);
-    let Some(Item::StreamStart(head)) = reader.next()? else {
+    let Some(Item::StreamStart(head)) = reader.next_item()? else {
         anyhow::bail!("component did not open a stream");
     };
     let id = format!(
@@ -146,7 +146,7 @@ fn accept_component(mut conn: TcpStream, st: &State) -> anyhow::Result<Arc<Link>
             st.jid
         );
     }
-    let Some(Item::Stanza(hs)) = reader.next()? else {
+    let Some(Item::Stanza(hs)) = reader.next_item()? else {
         anyhow::bail!("component closed before its handshake");
     };
     let want = handshake_digest(&id, &st.secret);

@@ -51,7 +51,7 @@ impl Link {
         std::thread::Builder::new()
             .name("xmpp-reader".into())
             .spawn(move || {
-                while let Ok(Some(Item::Stanza(el))) = reader.next() {
+                while let Ok(Some(Item::Stanza(el))) = reader.next_item() {
                     if el.name != "iq" {
                         continue;
                     }

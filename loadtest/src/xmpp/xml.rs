@@ -246,7 +246,7 @@ impl<R: Read> Reader<R> {
     }
 
     /// The next item; `Ok(None)` at a clean end of the byte stream.
-    pub fn next(&mut self) -> anyhow::Result<Option<Item>> {
+    pub fn next_item(&mut self) -> anyhow::Result<Option<Item>> {
         loop {
             if let Some((item, used)) = next_item(&self.buf).map_err(anyhow::Error::msg)? {
                 self.buf.drain(..used);
@@ -283,7 +283,7 @@ mod tests {
     fn all_items(chunks: &[&[u8]]) -> Vec<Item> {
         let mut r = Reader::new(std::io::Cursor::new(chunks.concat()));
         let mut out = Vec::new();
-        while let Some(i) = r.next().unwrap() {
+        while let Some(i) = r.next_item().unwrap() {
             out.push(i);
         }
         out
