@@ -23,7 +23,9 @@ impl std::str::FromStr for Engine {
         match s {
             "copy" => Ok(Engine::Copy),
             "splice" => Ok(Engine::Splice),
-            _ => Err(format!("unknown engine {s:?}: expected \"copy\" or \"splice\"")),
+            _ => Err(format!(
+                "unknown engine {s:?}: expected \"copy\" or \"splice\""
+            )),
         }
     }
 }

@@ -8,7 +8,9 @@ pub mod config;
 pub mod key;
 pub mod rendezvous;
 pub mod server;
+pub mod socks5;
 pub mod stats;
+mod worker;
 
 pub use config::Config;
 pub use key::StreamKey;

@@ -161,10 +161,7 @@ impl<C: Copy + Eq + std::fmt::Debug> Rendezvous<C> {
     /// The relay of an active key ended; the key may not be reused while it runs, and is
     /// forgotten after.
     pub fn finish(&mut self, key: &StreamKey) {
-        if matches!(
-            self.entries.get(key).map(|e| &e.slot),
-            Some(Slot::Active)
-        ) {
+        if matches!(self.entries.get(key).map(|e| &e.slot), Some(Slot::Active)) {
             self.entries.remove(key);
         }
     }
@@ -209,13 +206,31 @@ mod tests {
     fn either_order_pairs_then_activates() {
         let t0 = Instant::now();
         let mut r = Rendezvous::new(Duration::from_secs(60));
-        assert_eq!(r.activate(&key(1)), Activation::Refused(ActivationOutcome::UnknownKey));
+        assert_eq!(
+            r.activate(&key(1)),
+            Activation::Refused(ActivationOutcome::UnknownKey)
+        );
         assert_eq!(r.insert(key(1), 10, t0), Insert::Waiting);
-        assert_eq!(r.activate(&key(1)), Activation::Refused(ActivationOutcome::OnlyOneHalf));
+        assert_eq!(
+            r.activate(&key(1)),
+            Activation::Refused(ActivationOutcome::OnlyOneHalf)
+        );
         assert_eq!(r.insert(key(1), 11, t0), Insert::Paired { first: 10 });
-        assert_eq!(r.activate(&key(1)), Activation::Start { first: 10, second: 11 });
-        assert_eq!(r.activate(&key(1)), Activation::Refused(ActivationOutcome::AlreadyActive));
-        assert_eq!(r.insert(key(1), 12, t0), Insert::Refused(Refusal::AlreadyActive));
+        assert_eq!(
+            r.activate(&key(1)),
+            Activation::Start {
+                first: 10,
+                second: 11
+            }
+        );
+        assert_eq!(
+            r.activate(&key(1)),
+            Activation::Refused(ActivationOutcome::AlreadyActive)
+        );
+        assert_eq!(
+            r.insert(key(1), 12, t0),
+            Insert::Refused(Refusal::AlreadyActive)
+        );
         r.finish(&key(1));
         assert!(r.is_empty());
     }
@@ -226,7 +241,10 @@ mod tests {
         let mut r = Rendezvous::new(Duration::from_secs(60));
         r.insert(key(2), 1, t0);
         r.insert(key(2), 2, t0);
-        assert_eq!(r.insert(key(2), 3, t0), Insert::Refused(Refusal::ThirdConnection));
+        assert_eq!(
+            r.insert(key(2), 3, t0),
+            Insert::Refused(Refusal::ThirdConnection)
+        );
     }
 
     #[test]
@@ -262,7 +280,10 @@ mod tests {
         r.insert(key(1), 1, t0);
         r.insert(key(1), 2, t0);
         assert!(r.remove(&key(1), 1));
-        assert_eq!(r.activate(&key(1)), Activation::Refused(ActivationOutcome::OnlyOneHalf));
+        assert_eq!(
+            r.activate(&key(1)),
+            Activation::Refused(ActivationOutcome::OnlyOneHalf)
+        );
         assert_eq!(r.insert(key(1), 3, t0), Insert::Paired { first: 2 });
         assert!(!r.remove(&key(1), 99));
         assert!(r.remove(&key(1), 2));

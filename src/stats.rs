@@ -83,7 +83,8 @@ const REFUSALS: usize = Refusal::ALL.len();
 #[repr(align(128))]
 pub struct WorkerStats {
     pub accepted: AtomicU64,
-    /// gauge: client connections open on this worker
+    /// gauge: client connections open on this worker (a hand-off moves one between
+    /// workers, so one worker's value may wrap; the sum is exact)
     pub open: AtomicU64,
     pub handshakes_ok: AtomicU64,
     pub handshakes_failed: AtomicU64,
@@ -134,18 +135,26 @@ impl Stats {
             ..Stats::default()
         };
         for w in workers {
-            s.accepted += w.accepted.load(Relaxed);
-            s.open += w.open.load(Relaxed);
-            s.handshakes_ok += w.handshakes_ok.load(Relaxed);
-            s.handshakes_failed += w.handshakes_failed.load(Relaxed);
-            s.pairs_matched += w.pairs_matched.load(Relaxed);
-            s.activations += w.activations.load(Relaxed);
-            s.relays_active += w.relays_active.load(Relaxed);
-            s.relays_finished += w.relays_finished.load(Relaxed);
-            s.bytes_first_to_second += w.bytes_first_to_second.load(Relaxed);
-            s.bytes_second_to_first += w.bytes_second_to_first.load(Relaxed);
-            s.handoffs += w.handoffs.load(Relaxed);
-            s.relay_errors += w.relay_errors.load(Relaxed);
+            s.accepted = s.accepted.wrapping_add(w.accepted.load(Relaxed));
+            s.open = s.open.wrapping_add(w.open.load(Relaxed));
+            s.handshakes_ok = s.handshakes_ok.wrapping_add(w.handshakes_ok.load(Relaxed));
+            s.handshakes_failed = s
+                .handshakes_failed
+                .wrapping_add(w.handshakes_failed.load(Relaxed));
+            s.pairs_matched = s.pairs_matched.wrapping_add(w.pairs_matched.load(Relaxed));
+            s.activations = s.activations.wrapping_add(w.activations.load(Relaxed));
+            s.relays_active = s.relays_active.wrapping_add(w.relays_active.load(Relaxed));
+            s.relays_finished = s
+                .relays_finished
+                .wrapping_add(w.relays_finished.load(Relaxed));
+            s.bytes_first_to_second = s
+                .bytes_first_to_second
+                .wrapping_add(w.bytes_first_to_second.load(Relaxed));
+            s.bytes_second_to_first = s
+                .bytes_second_to_first
+                .wrapping_add(w.bytes_second_to_first.load(Relaxed));
+            s.handoffs = s.handoffs.wrapping_add(w.handoffs.load(Relaxed));
+            s.relay_errors = s.relay_errors.wrapping_add(w.relay_errors.load(Relaxed));
             for (i, r) in s.refusals.iter_mut().enumerate() {
                 r.1 += w.refusals[i].load(Relaxed);
             }

@@ -1,0 +1,285 @@
+//! Accepting connections and driving their SOCKS5 handshake (the parser is `crate::socks5`).
+//! A finished handshake goes to `place.rs` on this core, or is handed to the key's owner.
+
+use super::conn::{AfterReply, CloseKind, Conn, Hs, Phase, Reply, HS_BUF};
+use super::mailbox::Msg;
+use super::ring::{token, Op};
+use super::slab::ConnId;
+use super::Worker;
+use crate::socks5::{Handshake, Step};
+use crate::stats::Refusal;
+use io_uring::{opcode, types};
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering::Relaxed;
+
+impl Worker {
+    /// A new client connection: check the limits, then start reading its greeting.
+    pub(super) fn accepted(&mut self, fd: RawFd) {
+        let cfg = &self.shared.config;
+        let refuse = if self.shared.open.load(Relaxed) >= cfg.max_connections {
+            Some(Refusal::MaxConnections)
+        } else if self.shared.pending.load(Relaxed) >= cfg.max_pending {
+            Some(Refusal::MaxPending)
+        } else {
+            None
+        };
+        if let Some(why) = refuse {
+            self.stats().refuse(why);
+            // SAFETY: we own the fresh descriptor and nothing else refers to it.
+            unsafe { libc::close(fd) };
+            return;
+        }
+        self.shared.open.fetch_add(1, Relaxed);
+        self.shared.pending.fetch_add(1, Relaxed);
+        self.stats().accepted.fetch_add(1, Relaxed);
+        self.stats().open.fetch_add(1, Relaxed);
+        set_nodelay(fd);
+        let hs = Box::new(Hs {
+            parser: Handshake::new(self.shared.auth.clone()),
+            buf: [0; HS_BUF],
+            out: Vec::new(),
+            sent: 0,
+        });
+        let id = self.conns.insert(Conn {
+            fd,
+            inflight: 0,
+            phase: Phase::Handshake(hs),
+            closing: None,
+            pending: true,
+            cancel_sent: false,
+        });
+        let deadline = self.now + self.shared.config.handshake_timeout();
+        self.hs_deadlines.push_back((deadline, id));
+        self.arm_hs_recv(id);
+    }
+
+    fn arm_hs_recv(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Phase::Handshake(hs) = &mut c.phase else {
+            return;
+        };
+        // Read the whole buffer, not just what the parser needs: bytes after the request
+        // in the same read are trailing garbage and get refused.
+        let e = opcode::Recv::new(types::Fd(c.fd), hs.buf.as_mut_ptr(), HS_BUF as u32)
+            .build()
+            .user_data(token(Op::HsRecv, id.idx, id.gen));
+        self.push_conn_op(id, e);
+    }
+
+    pub(super) fn on_hs_recv(&mut self, id: ConnId, res: i32) {
+        if res <= 0 {
+            // The client left (or failed) mid-handshake.
+            self.stats().handshakes_failed.fetch_add(1, Relaxed);
+            self.close(id, CloseKind::Graceful);
+            return;
+        }
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Phase::Handshake(hs) = &mut c.phase else {
+            return;
+        };
+        let step = hs.parser.feed(&hs.buf[..res as usize], &mut hs.out);
+        // Replies produced but not yet sent travel with the final reply.
+        let unsent_len = hs.out.len().saturating_sub(hs.sent);
+        if step == Step::NeedMore {
+            if unsent_len > 0 {
+                self.arm_hs_send(id);
+            } else {
+                self.arm_hs_recv(id);
+            }
+            return;
+        }
+        let mut unsent = [0u8; 64];
+        let n = unsent_len.min(unsent.len());
+        unsent[..n].copy_from_slice(&hs.out[hs.sent..hs.sent + n]);
+        let unsent = &unsent[..n];
+        match step {
+            Step::NeedMore => unreachable!(),
+            Step::Failed(why) => {
+                self.stats().refuse(why);
+                self.stats().handshakes_failed.fetch_add(1, Relaxed);
+                if unsent.is_empty() {
+                    self.close(id, CloseKind::Graceful);
+                } else {
+                    self.start_reply(id, None, unsent, AfterReply::Close);
+                }
+            }
+            Step::Done(key) => {
+                self.stats().handshakes_ok.fetch_add(1, Relaxed);
+                let owner = self.shared.router.owner(&key);
+                if owner == self.id {
+                    self.place(id, key, unsent);
+                    return;
+                }
+                // Nothing is in flight (the recv just completed), so the descriptor can
+                // move to the owner core.
+                let Some(c) = self.conns.remove(id) else {
+                    return;
+                };
+                let mut prefix = ([0u8; 4], 0u8);
+                let p = unsent.len().min(4);
+                prefix.0[..p].copy_from_slice(&unsent[..p]);
+                prefix.1 = p as u8;
+                self.stats().open.fetch_sub(1, Relaxed);
+                self.stats().handoffs.fetch_add(1, Relaxed);
+                self.shared.mailboxes[owner].send(Msg::HandOff {
+                    fd: c.fd,
+                    key,
+                    prefix,
+                });
+            }
+        }
+    }
+
+    fn arm_hs_send(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Phase::Handshake(hs) = &c.phase else {
+            return;
+        };
+        let rest = &hs.out[hs.sent..];
+        let e = opcode::Send::new(types::Fd(c.fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(token(Op::HsSend, id.idx, id.gen));
+        self.push_conn_op(id, e);
+    }
+
+    pub(super) fn on_hs_send(&mut self, id: ConnId, res: i32) {
+        if res < 0 {
+            self.stats().handshakes_failed.fetch_add(1, Relaxed);
+            self.close(id, CloseKind::Graceful);
+            return;
+        }
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Phase::Handshake(hs) = &mut c.phase else {
+            return;
+        };
+        hs.sent += res as usize;
+        if hs.sent < hs.out.len() {
+            self.arm_hs_send(id);
+        } else {
+            hs.out.clear();
+            hs.sent = 0;
+            self.arm_hs_recv(id);
+        }
+    }
+
+    /// Sends a final reply (success or refusal) from the key's owner, then waits or closes.
+    pub(super) fn start_reply(
+        &mut self,
+        id: ConnId,
+        key: Option<crate::key::StreamKey>,
+        bytes: &[u8],
+        then: AfterReply,
+    ) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let mut r = Box::new(Reply {
+            key: key
+                .unwrap_or_else(|| crate::key::StreamKey::parse_hex(&[b'0'; 40]).expect("zeros")),
+            bytes: [0; 64],
+            len: bytes.len().min(64),
+            sent: 0,
+            then,
+            activated: None,
+        });
+        r.bytes[..r.len].copy_from_slice(&bytes[..r.len]);
+        c.phase = Phase::Reply(r);
+        self.arm_reply(id);
+    }
+
+    fn arm_reply(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Phase::Reply(r) = &c.phase else {
+            return;
+        };
+        let rest = &r.bytes[r.sent..r.len];
+        let e = opcode::Send::new(types::Fd(c.fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(token(Op::Reply, id.idx, id.gen));
+        self.push_conn_op(id, e);
+    }
+
+    pub(super) fn on_reply_sent(&mut self, id: ConnId, res: i32) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Phase::Reply(r) = &mut c.phase else {
+            return;
+        };
+        if res < 0 {
+            let key = r.key;
+            let then = r.then;
+            let activated = r.activated;
+            if then == AfterReply::Wait && activated.is_none() {
+                self.table.remove(&key, id);
+            }
+            if let Some((first, second)) = activated {
+                self.abort_activation(key, first, second);
+            }
+            self.close(id, CloseKind::Graceful);
+            return;
+        }
+        r.sent += res as usize;
+        if r.sent < r.len {
+            self.arm_reply(id);
+            return;
+        }
+        match (r.then, r.activated) {
+            (AfterReply::Close, _) => self.close(id, CloseKind::Graceful),
+            (AfterReply::Wait, Some((first, second))) => {
+                let key = r.key;
+                c.phase = Phase::Waiting { key };
+                self.start_relay(key, first, second);
+            }
+            (AfterReply::Wait, None) => {
+                let key = r.key;
+                c.phase = Phase::Waiting { key };
+                self.arm_wait_poll(id);
+            }
+        }
+    }
+
+    pub(super) fn expire_handshakes(&mut self) {
+        while let Some(&(at, id)) = self.hs_deadlines.front() {
+            if at > self.now {
+                break;
+            }
+            self.hs_deadlines.pop_front();
+            let in_handshake = self
+                .conns
+                .get(id)
+                .is_some_and(|c| c.closing.is_none() && matches!(c.phase, Phase::Handshake(_)));
+            if in_handshake {
+                self.stats().refuse(Refusal::HandshakeTimeout);
+                self.stats().handshakes_failed.fetch_add(1, Relaxed);
+                self.close(id, CloseKind::Graceful);
+            }
+        }
+    }
+}
+
+fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a correctly sized int on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}

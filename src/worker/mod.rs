@@ -1,0 +1,393 @@
+//! One worker per core: its own ring, listener shards, connections and rendezvous table.
+//! The loop submits, reaps and dispatches completions by token to the handlers in
+//! `handshake.rs`, `place.rs` and `relay/`; the protocol decisions live in the sans-IO
+//! modules (`socks5`, `rendezvous`).
+
+mod bufring;
+mod conn;
+mod handshake;
+pub(crate) mod listen;
+pub(crate) mod mailbox;
+mod pipes;
+mod place;
+mod relay;
+mod ring;
+mod slab;
+
+use crate::config::{Config, Engine, Socks5Auth};
+use crate::key::KeyRouter;
+use crate::rendezvous::Rendezvous;
+use crate::stats::WorkerStats;
+use bufring::BufRing;
+use conn::{CloseKind, Conn, Phase};
+use io_uring::{cqueue, opcode, types};
+use mailbox::{Mailbox, Msg};
+use pipes::PipePool;
+use ring::{token, untoken, Op, Ring};
+use slab::{ConnId, Slab};
+use socket2::Socket;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// State shared by all workers and the `Handle`.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub auth: Option<Arc<Socks5Auth>>,
+    pub router: KeyRouter,
+    pub stats: Box<[WorkerStats]>,
+    pub mailboxes: Box<[Mailbox]>,
+    /// Client connections open, whole process (bounded by max_connections).
+    pub open: AtomicUsize,
+    /// Connections accepted and not yet activated, whole process (bounded by max_pending).
+    pub pending: AtomicUsize,
+}
+
+const TICK: Duration = Duration::from_millis(250);
+/// Idle relays are looked for every this many ticks.
+const IDLE_SWEEP_TICKS: u32 = 8;
+
+pub(crate) struct Worker {
+    id: usize,
+    shared: Arc<Shared>,
+    ring: Ring,
+    listeners: Vec<Socket>,
+    conns: Slab<Conn>,
+    table: Rendezvous<ConnId>,
+    /// Handshake deadlines in accept order (one timeout for all, so already sorted).
+    hs_deadlines: VecDeque<(Instant, ConnId)>,
+    bufs: Option<BufRing>,
+    pipes: PipePool,
+    /// Directions waiting for a buffer or pipe to come free.
+    starving: VecDeque<ConnId>,
+    wake_buf: Box<u64>,
+    tick_ts: Box<types::Timespec>,
+    ticks: u32,
+    now: Instant,
+    stopping: bool,
+    /// Listeners whose multishot accept ended on an error (e.g. EMFILE): re-armed next tick.
+    accept_rearm: Vec<usize>,
+    msgs: Vec<Msg>,
+    expired: Vec<ConnId>,
+}
+
+impl Worker {
+    pub fn new(id: usize, shared: Arc<Shared>, listeners: Vec<Socket>) -> io::Result<Worker> {
+        let ring = Ring::new(4096)?;
+        let relay = &shared.config.relay;
+        let bufs = match relay.engine {
+            Engine::Copy => Some(BufRing::new(
+                &ring.ring,
+                relay.buffers_per_worker,
+                relay.buffer_size,
+            )?),
+            Engine::Splice => None,
+        };
+        let pipes = PipePool::new(relay.pipes_per_worker, relay.pipe_size);
+        let table = Rendezvous::new(shared.config.activation_timeout());
+        Ok(Worker {
+            id,
+            ring,
+            listeners,
+            conns: Slab::new(),
+            table,
+            hs_deadlines: VecDeque::new(),
+            bufs,
+            pipes,
+            starving: VecDeque::new(),
+            wake_buf: Box::new(0),
+            tick_ts: Box::new(types::Timespec::from(TICK)),
+            ticks: 0,
+            now: Instant::now(),
+            stopping: false,
+            accept_rearm: Vec::new(),
+            msgs: Vec::new(),
+            expired: Vec::new(),
+            shared,
+        })
+    }
+
+    fn stats(&self) -> &WorkerStats {
+        &self.shared.stats[self.id]
+    }
+
+    pub fn run(mut self) -> io::Result<()> {
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
+        self.arm_wake();
+        let tick = opcode::Timeout::new(&*self.tick_ts)
+            .flags(types::TimeoutFlags::MULTISHOT)
+            .build()
+            .user_data(token(Op::Tick, 0, 0));
+        self.ring.push(tick);
+
+        while !self.stopping {
+            let cqes = self.ring.submit_and_reap()?;
+            self.now = Instant::now();
+            for cqe in &cqes {
+                self.dispatch(cqe);
+            }
+            self.ring.recycle(cqes);
+        }
+        self.shutdown_now();
+        Ok(())
+    }
+
+    fn dispatch(&mut self, cqe: &cqueue::Entry) {
+        let Some((op, idx, gen)) = untoken(cqe.user_data()) else {
+            return;
+        };
+        let res = cqe.result();
+        let flags = cqe.flags();
+        match op {
+            Op::Accept => self.on_accept(idx as usize, res, flags),
+            Op::Wake => self.on_wake(),
+            Op::Tick => self.on_tick(),
+            Op::Cancel => {}
+            _ => {
+                let id = ConnId { idx, gen };
+                // Multishot completions with MORE still have their operation in flight.
+                let last = !cqueue::more(flags);
+                let Some(c) = self.conns.get_mut(id) else {
+                    return;
+                };
+                if last {
+                    c.inflight -= 1;
+                }
+                if c.closing.is_some() {
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        // A recv that raced the cancel took a buffer: give it back.
+                        if let Some(b) = self.bufs.as_mut() {
+                            b.taken();
+                            b.give_back(bid);
+                        }
+                    }
+                    if c.inflight == 0 {
+                        self.finalize(id);
+                    }
+                    return;
+                }
+                match op {
+                    Op::HsRecv => self.on_hs_recv(id, res),
+                    Op::HsSend => self.on_hs_send(id, res),
+                    Op::Reply => self.on_reply_sent(id, res),
+                    Op::WaitPoll => self.on_wait_poll(id, res),
+                    Op::Recv => self.copy_on_recv(id, res, flags),
+                    Op::Send => self.copy_on_send(id, res),
+                    Op::PollIn => self.splice_on_ready(id, res, false),
+                    Op::PollOut => self.splice_on_ready(id, res, true),
+                    Op::Accept | Op::Wake | Op::Tick | Op::Cancel => unreachable!(),
+                }
+            }
+        }
+    }
+
+    /// Submits an operation on behalf of a connection, counting it in flight.
+    fn push_conn_op(&mut self, id: ConnId, entry: io_uring::squeue::Entry) {
+        if let Some(c) = self.conns.get_mut(id) {
+            c.inflight += 1;
+        }
+        self.ring.push(entry);
+    }
+
+    fn arm_accept(&mut self, i: usize) {
+        let fd = self.listeners[i].as_raw_fd();
+        let e = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(token(Op::Accept, i as u32, 0));
+        self.ring.push(e);
+    }
+
+    fn arm_wake(&mut self) {
+        let efd = self.shared.mailboxes[self.id].efd;
+        let e = opcode::Read::new(types::Fd(efd), (&mut *self.wake_buf as *mut u64).cast(), 8)
+            .build()
+            .user_data(token(Op::Wake, 0, 0));
+        self.ring.push(e);
+    }
+
+    fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {
+        if !cqueue::more(flags) && !self.stopping {
+            if res < 0 {
+                // EMFILE and friends end the multishot; retry on the next tick, not in a spin.
+                tracing::warn!(worker = self.id, error = %io::Error::from_raw_os_error(-res), "accept failed");
+                self.accept_rearm.push(listener);
+            } else {
+                self.arm_accept(listener);
+            }
+        }
+        if res < 0 {
+            return;
+        }
+        self.accepted(res);
+    }
+
+    fn on_wake(&mut self) {
+        let mut msgs = std::mem::take(&mut self.msgs);
+        self.shared.mailboxes[self.id].drain(&mut msgs);
+        for m in msgs.drain(..) {
+            match m {
+                Msg::HandOff { fd, key, prefix } => {
+                    self.handed_off(fd, key, &prefix.0[..prefix.1 as usize])
+                }
+                Msg::Activate { key, done } => self.activate(key, done),
+                Msg::Shutdown => self.stopping = true,
+            }
+        }
+        self.msgs = msgs;
+        if !self.stopping {
+            self.arm_wake();
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks = self.ticks.wrapping_add(1);
+        for l in std::mem::take(&mut self.accept_rearm) {
+            self.arm_accept(l);
+        }
+        self.expire_handshakes();
+        self.expire_unactivated();
+        if self.ticks % IDLE_SWEEP_TICKS == 0 {
+            self.sweep_idle_relays();
+        }
+    }
+
+    /// Starts closing a connection: cancels what is in flight, closes when nothing is.
+    fn close(&mut self, id: ConnId, kind: CloseKind) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        match c.closing {
+            Some(CloseKind::Abort) => return,
+            Some(CloseKind::Graceful) if kind == CloseKind::Graceful => return,
+            _ => c.closing = Some(kind),
+        }
+        if c.inflight == 0 {
+            self.finalize(id);
+        } else if !c.cancel_sent {
+            c.cancel_sent = true;
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(c.fd)).all())
+                .build()
+                .user_data(token(Op::Cancel, id.idx, id.gen));
+            self.ring.push(e);
+        }
+    }
+
+    /// Frees a connection with nothing in flight: returns what it borrowed, closes its fd.
+    fn finalize(&mut self, id: ConnId) {
+        let Some(c) = self.conns.remove(id) else {
+            return;
+        };
+        debug_assert_eq!(c.inflight, 0);
+        if let Phase::Relay(side) = &c.phase {
+            if let Some(b) = self.bufs.as_mut() {
+                for &(bid, _, _) in &side.queue[..side.queued as usize] {
+                    b.give_back(bid);
+                }
+            }
+            if let Some(p) = side.pipe {
+                if side.in_pipe == 0 {
+                    self.pipes.give_back(p);
+                } else {
+                    self.pipes.discard(p);
+                }
+            }
+        }
+        if c.closing == Some(CloseKind::Abort) {
+            set_linger_zero(c.fd);
+        }
+        // SAFETY: the connection owns its descriptor; nothing is in flight on it.
+        unsafe { libc::close(c.fd) };
+        if c.pending {
+            self.shared.pending.fetch_sub(1, Relaxed);
+        }
+        self.shared.open.fetch_sub(1, Relaxed);
+        self.stats().open.fetch_sub(1, Relaxed);
+        self.wake_starving();
+    }
+
+    /// Stops at once: cancels every operation, waits (bounded) for the kernel to finish
+    /// with our buffers, then closes every connection. Fields drop in declaration order,
+    /// so the ring goes before the buffer ring's memory.
+    fn shutdown_now(mut self) {
+        let any = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(token(Op::Cancel, u32::MAX, 0));
+        self.ring.push(any);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline
+            && self
+                .conns
+                .ids()
+                .iter()
+                .any(|&id| self.conns.get(id).is_some_and(|c| c.inflight > 0))
+        {
+            let Ok(cqes) = self.ring.reap_for(Duration::from_millis(50)) else {
+                break;
+            };
+            for cqe in &cqes {
+                if let Some((_, idx, gen)) = untoken(cqe.user_data()) {
+                    if let Some(c) = self.conns.get_mut(ConnId { idx, gen }) {
+                        if !cqueue::more(cqe.flags()) && c.inflight > 0 {
+                            c.inflight -= 1;
+                        }
+                    }
+                }
+            }
+            self.ring.recycle(cqes);
+        }
+        for id in self.conns.ids() {
+            if let Some(c) = self.conns.remove(id) {
+                // SAFETY: each abandoned connection's descriptor is closed once.
+                unsafe { libc::close(c.fd) };
+                if c.pending {
+                    self.shared.pending.fetch_sub(1, Relaxed);
+                }
+                self.shared.open.fetch_sub(1, Relaxed);
+                self.stats().open.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+}
+
+fn set_linger_zero(fd: RawFd) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a correctly sized linger struct on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Runs a worker thread to completion.
+pub(crate) fn run_worker(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<Socket>,
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+) {
+    match Worker::new(id, shared, listeners) {
+        Ok(w) => {
+            let _ = ready.send(Ok(()));
+            if let Err(e) = w.run() {
+                tracing::error!(worker = id, error = %e, "worker ring failed");
+            }
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+    }
+}

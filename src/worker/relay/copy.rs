@@ -1,0 +1,143 @@
+//! The copy engine: recv into a buffer the kernel picks from the per-core provided-buffer
+//! ring, then send it to the peer. At most two buffers per direction (one being sent, one
+//! being filled), so a slow receiver stalls its sender instead of growing memory, and an
+//! idle direction holds no buffer at all.
+
+use super::super::conn::Phase;
+use super::super::ring::{token, Op};
+use super::super::slab::ConnId;
+use super::super::Worker;
+use crate::worker::bufring::BGID;
+use io_uring::{cqueue, opcode, squeue, types};
+use std::sync::atomic::Ordering::Relaxed;
+
+impl Worker {
+    pub(in crate::worker) fn copy_arm_recv(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let fd = c.fd;
+        let Phase::Relay(s) = &mut c.phase else {
+            return;
+        };
+        if s.reading || s.eof || s.queued >= 2 || s.starving || c.closing.is_some() {
+            return;
+        }
+        s.reading = true;
+        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+            .buf_group(BGID)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(token(Op::Recv, id.idx, id.gen));
+        self.push_conn_op(id, e);
+    }
+
+    pub(in crate::worker) fn copy_on_recv(&mut self, id: ConnId, res: i32, flags: u32) {
+        let bid = cqueue::buffer_select(flags);
+        if bid.is_some() {
+            if let Some(b) = self.bufs.as_mut() {
+                b.taken();
+            }
+        }
+        let now = self.now;
+        let Some(s) = self.side(id) else {
+            if let (Some(bid), Some(b)) = (bid, self.bufs.as_mut()) {
+                b.give_back(bid);
+            }
+            return;
+        };
+        s.reading = false;
+        match (res, bid) {
+            (n, Some(bid)) if n > 0 => {
+                s.last_active = now;
+                s.queue[s.queued as usize] = (bid, n as u32, 0);
+                s.queued += 1;
+                let start_send = !s.writing;
+                if start_send {
+                    self.copy_arm_send(id);
+                }
+                self.copy_arm_recv(id);
+            }
+            (0, _) => {
+                s.eof = true;
+                if s.queued == 0 {
+                    self.direction_done(id);
+                }
+            }
+            (e, _) if -e == libc::ENOBUFS => {
+                // Every buffer is lent: wait for one to come back.
+                s.starving = true;
+                self.starving.push_back(id);
+            }
+            (e, bid) => {
+                if let (Some(bid), Some(b)) = (bid, self.bufs.as_mut()) {
+                    b.give_back(bid);
+                }
+                self.fail(id, -e);
+            }
+        }
+    }
+
+    fn copy_arm_send(&mut self, id: ConnId) {
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        if s.queued == 0 {
+            return;
+        }
+        let (bid, len, sent) = s.queue[0];
+        s.writing = true;
+        let peer_fd = s.peer_fd;
+        let bufs = self.bufs.as_ref().expect("copy engine has a buffer ring");
+        let ptr = bufs.addr(bid, sent as usize);
+        let e = opcode::Send::new(types::Fd(peer_fd), ptr, len - sent)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(token(Op::Send, id.idx, id.gen));
+        self.push_conn_op(id, e);
+    }
+
+    pub(in crate::worker) fn copy_on_send(&mut self, id: ConnId, res: i32) {
+        let now = self.now;
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        s.writing = false;
+        if res < 0 {
+            self.fail(id, -res);
+            return;
+        }
+        s.last_active = now;
+        let (bid, len, sent) = &mut s.queue[0];
+        *sent += res as u32;
+        if *sent < *len {
+            self.copy_arm_send(id);
+            return;
+        }
+        let (bid, len) = (*bid, *len);
+        s.queue[0] = s.queue[1];
+        s.queued -= 1;
+        s.bytes += len as u64;
+        let first = s.first;
+        let more = s.queued > 0;
+        let finished = s.eof && !more;
+        let st = self.stats();
+        if first {
+            st.bytes_first_to_second.fetch_add(len as u64, Relaxed);
+        } else {
+            st.bytes_second_to_first.fetch_add(len as u64, Relaxed);
+        }
+        if let Some(b) = self.bufs.as_mut() {
+            b.give_back(bid);
+        }
+        if more {
+            self.copy_arm_send(id);
+        }
+        if finished {
+            self.direction_done(id);
+        } else {
+            self.copy_arm_recv(id);
+        }
+        self.wake_starving();
+    }
+}

@@ -1,0 +1,206 @@
+//! The relay of an activated pair: both directions at once until both end. EOF on one side
+//! shuts down writing on the other (half-close); an error tears the pair down with RST.
+//! The engines (`copy`, `splice`) move the bytes; this file starts and ends relays.
+
+mod copy;
+mod splice;
+
+use super::conn::{CloseKind, Conn, Phase, Side};
+use super::slab::{ConnId, Slab};
+use super::Worker;
+use crate::config::Engine;
+use crate::key::StreamKey;
+use std::sync::atomic::Ordering::Relaxed;
+
+impl Worker {
+    /// Both halves are activated; starts moving bytes once both final replies are out.
+    pub(in crate::worker) fn start_relay(&mut self, key: StreamKey, first: ConnId, second: ConnId) {
+        for id in [first, second] {
+            match self.conns.get_mut(id).map(|c| (&mut c.phase, c.closing)) {
+                Some((Phase::Reply(r), None)) => {
+                    // Its reply is still being sent: resume when it is out.
+                    r.activated = Some((first, second));
+                    return;
+                }
+                Some((Phase::Waiting { .. }, None)) => {}
+                _ => {
+                    self.abort_activation(key, first, second);
+                    return;
+                }
+            }
+        }
+        let fds = [first, second].map(|id| self.conns.get(id).map_or(-1, |c| c.fd));
+        let now = self.now;
+        for (i, (id, peer)) in [(first, second), (second, first)].into_iter().enumerate() {
+            if let Some(c) = self.conns.get_mut(id) {
+                c.phase = Phase::Relay(Box::new(Side::new(key, peer, fds[1 - i], i == 0, now)));
+            }
+        }
+        match self.shared.config.relay.engine {
+            Engine::Copy => {
+                self.copy_arm_recv(first);
+                self.copy_arm_recv(second);
+            }
+            Engine::Splice => {
+                for fd in fds {
+                    set_nonblocking(fd);
+                }
+                self.splice_arm_in(first);
+                self.splice_arm_in(second);
+            }
+        }
+    }
+
+    /// An activated pair that cannot start (a half vanished before its reply was out).
+    pub(in crate::worker) fn abort_activation(
+        &mut self,
+        key: StreamKey,
+        first: ConnId,
+        second: ConnId,
+    ) {
+        self.table.finish(&key);
+        self.stats().relays_active.fetch_sub(1, Relaxed);
+        self.stats().relays_finished.fetch_add(1, Relaxed);
+        for id in [first, second] {
+            if let Some(c) = self.conns.get_mut(id) {
+                if !matches!(c.phase, Phase::Relay(_)) {
+                    c.phase = Phase::Dead;
+                }
+            }
+            self.close(id, CloseKind::Abort);
+        }
+    }
+
+    fn side(&mut self, id: ConnId) -> Option<&mut Side> {
+        side_of(&mut self.conns, id)
+    }
+
+    /// One direction finished: EOF read and every byte written. Ends the pair when the
+    /// other direction is finished too.
+    fn direction_done(&mut self, id: ConnId) {
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        s.done = true;
+        let peer_fd = s.peer_fd;
+        let peer = s.peer;
+        // SAFETY: shutdown on the peer's socket, which stays open while this pair lives.
+        unsafe { libc::shutdown(peer_fd, libc::SHUT_WR) };
+        if self.side(peer).is_some_and(|p| p.done) {
+            self.end_relay(id, CloseKind::Graceful);
+        }
+    }
+
+    /// Ends the pair `id` belongs to, once: counters, log line, close both halves.
+    pub(in crate::worker) fn end_relay(&mut self, id: ConnId, kind: CloseKind) {
+        let Some(s) = self.conns.get_mut(id).and_then(|c| match &mut c.phase {
+            Phase::Relay(s) => Some(s),
+            _ => None,
+        }) else {
+            return;
+        };
+        if s.ended {
+            return;
+        }
+        s.ended = true;
+        let (key, peer, first, bytes, started) = (s.key, s.peer, s.first, s.bytes, s.started);
+        let peer_bytes = match self.conns.get_mut(peer).map(|c| &mut c.phase) {
+            Some(Phase::Relay(p)) => {
+                p.ended = true;
+                p.bytes
+            }
+            _ => 0,
+        };
+        let (f2s, s2f) = if first {
+            (bytes, peer_bytes)
+        } else {
+            (peer_bytes, bytes)
+        };
+        self.table.finish(&key);
+        self.stats().relays_active.fetch_sub(1, Relaxed);
+        self.stats().relays_finished.fetch_add(1, Relaxed);
+        tracing::info!(
+            target: "streamhost::stream",
+            key = %key,
+            bytes_first_to_second = f2s,
+            bytes_second_to_first = s2f,
+            duration_ms = self.now.duration_since(started).as_millis() as u64,
+            outcome = if kind == CloseKind::Graceful { "done" } else { "aborted" },
+            "stream finished"
+        );
+        self.close(id, kind);
+        self.close(peer, kind);
+    }
+
+    /// A direction failed: tear the pair down with RST.
+    fn fail(&mut self, id: ConnId, err: i32) {
+        if err != libc::ECONNRESET && err != libc::EPIPE && err != libc::ECANCELED {
+            self.stats().relay_errors.fetch_add(1, Relaxed);
+            tracing::debug!(error = %std::io::Error::from_raw_os_error(err), "relay error");
+        }
+        self.end_relay(id, CloseKind::Abort);
+    }
+
+    /// A buffer or pipe came free: let the longest-waiting direction take it.
+    pub(in crate::worker) fn wake_starving(&mut self) {
+        while let Some(id) = self.starving.pop_front() {
+            let Some(s) = self.side(id) else {
+                continue;
+            };
+            if !s.starving {
+                continue;
+            }
+            s.starving = false;
+            match self.shared.config.relay.engine {
+                Engine::Copy => self.copy_arm_recv(id),
+                Engine::Splice => self.splice_pump(id),
+            }
+            return;
+        }
+    }
+
+    /// Ends relays that moved nothing either way for `idle_timeout`.
+    pub(in crate::worker) fn sweep_idle_relays(&mut self) {
+        let Some(limit) = self.shared.config.idle_timeout() else {
+            return;
+        };
+        let now = self.now;
+        for id in self.conns.ids() {
+            let Some(s) = self.side(id) else {
+                continue;
+            };
+            if !s.first || now.duration_since(s.last_active) < limit {
+                continue;
+            }
+            let peer = s.peer;
+            let peer_idle = self
+                .side(peer)
+                .is_none_or(|p| now.duration_since(p.last_active) >= limit);
+            if peer_idle {
+                self.end_relay(id, CloseKind::Abort);
+            }
+        }
+    }
+}
+
+/// The relay side of a live (not closing) connection. A free function so callers can
+/// borrow other worker fields at the same time.
+fn side_of(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Side> {
+    match conns.get_mut(id) {
+        Some(c) if c.closing.is_none() => match &mut c.phase {
+            Phase::Relay(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn set_nonblocking(fd: std::os::fd::RawFd) {
+    // SAFETY: fcntl on a socket we own; failure leaves it blocking and splice then
+    // simply blocks the worker less gracefully, so it is checked in debug builds only.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        let r = libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        debug_assert!(r == 0);
+    }
+}

@@ -1,0 +1,172 @@
+//! The splice engine, HAProxy-style: wait for readiness with a ring poll, then call
+//! non-blocking splice(2) inline (socket -> pipe -> peer socket). IORING_OP_SPLICE would
+//! park an io-wq kernel thread on every waiting splice; this keeps the worker the only
+//! thread. A pipe is borrowed from the per-core pool only while bytes sit in it.
+
+use super::super::ring::{token, Op};
+use super::super::slab::ConnId;
+use super::super::Worker;
+use super::side_of;
+use io_uring::{opcode, types};
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Rounds of fill/drain per readiness event before yielding to other connections.
+const ROUNDS: usize = 8;
+
+impl Worker {
+    pub(in crate::worker) fn splice_arm_in(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get(id) else {
+            return;
+        };
+        let e = opcode::PollAdd::new(types::Fd(c.fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
+            .build()
+            .user_data(token(Op::PollIn, id.idx, id.gen));
+        self.push_conn_op(id, e);
+    }
+
+    fn splice_arm_out(&mut self, id: ConnId, peer_fd: i32) {
+        let e = opcode::PollAdd::new(types::Fd(peer_fd), libc::POLLOUT as u32)
+            .build()
+            .user_data(token(Op::PollOut, id.idx, id.gen));
+        self.push_conn_op(id, e);
+    }
+
+    pub(in crate::worker) fn splice_on_ready(&mut self, id: ConnId, res: i32, _out: bool) {
+        if res < 0 {
+            self.fail(id, -res);
+            return;
+        }
+        self.splice_pump(id);
+    }
+
+    /// Moves what it can without blocking, then arms the poll it is waiting on.
+    pub(in crate::worker) fn splice_pump(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get(id) else {
+            return;
+        };
+        let fd = c.fd;
+        for _ in 0..ROUNDS {
+            let now = self.now;
+            let pipe_size = self.pipes.pipe_size();
+            let Some(s) = self.side(id) else {
+                return;
+            };
+            let pipe = match s.pipe {
+                Some(p) => p,
+                None => match self.pipes.borrow() {
+                    Ok(Some(p)) => {
+                        let s = side_of(&mut self.conns, id).expect("checked above");
+                        s.pipe = Some(p);
+                        p
+                    }
+                    Ok(None) => {
+                        let s = side_of(&mut self.conns, id).expect("checked above");
+                        s.starving = true;
+                        self.starving.push_back(id);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot create a pipe");
+                        self.fail(id, e.raw_os_error().unwrap_or(libc::EMFILE));
+                        return;
+                    }
+                },
+            };
+            let s = side_of(&mut self.conns, id).expect("checked above");
+            let mut would_block_in = false;
+            if !s.eof && s.in_pipe < pipe_size {
+                match splice(fd, pipe.wr, pipe_size - s.in_pipe) {
+                    Ok(0) => s.eof = true,
+                    Ok(n) => {
+                        s.in_pipe += n;
+                        s.last_active = now;
+                    }
+                    Err(libc::EAGAIN) => would_block_in = true,
+                    Err(e) => {
+                        self.fail(id, e);
+                        return;
+                    }
+                }
+            }
+            if s.in_pipe > 0 {
+                match splice(pipe.rd, s.peer_fd, s.in_pipe) {
+                    Ok(n) => {
+                        s.in_pipe -= n;
+                        s.bytes += n as u64;
+                        s.last_active = now;
+                        let st = &self.shared.stats[self.id];
+                        if s.first {
+                            st.bytes_first_to_second.fetch_add(n as u64, Relaxed);
+                        } else {
+                            st.bytes_second_to_first.fetch_add(n as u64, Relaxed);
+                        }
+                    }
+                    Err(libc::EAGAIN) => {
+                        let peer_fd = s.peer_fd;
+                        self.splice_arm_out(id, peer_fd);
+                        return;
+                    }
+                    Err(e) => {
+                        self.fail(id, e);
+                        return;
+                    }
+                }
+                if s.in_pipe > 0 {
+                    // The peer took only part: wait until it can take more.
+                    let peer_fd = s.peer_fd;
+                    self.splice_arm_out(id, peer_fd);
+                    return;
+                }
+            }
+            // The pipe is empty: give it back so idle directions hold none.
+            if let Some(p) = s.pipe.take() {
+                self.pipes.give_back(p);
+                self.wake_starving();
+            }
+            let Some(s) = self.side(id) else {
+                return;
+            };
+            if s.eof {
+                self.direction_done(id);
+                return;
+            }
+            if would_block_in {
+                self.splice_arm_in(id);
+                return;
+            }
+        }
+        // Still busy after a fair share: come back through the ring.
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        if s.in_pipe > 0 {
+            let peer_fd = s.peer_fd;
+            self.splice_arm_out(id, peer_fd);
+        } else {
+            self.splice_arm_in(id);
+        }
+    }
+}
+
+/// Non-blocking splice of up to `len` bytes; `Err(errno)` on failure.
+fn splice(from: i32, to: i32, len: usize) -> Result<usize, i32> {
+    // SAFETY: splice between descriptors this worker owns, with null offsets (sockets and
+    // pipes have none).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
+    } else {
+        Ok(n as usize)
+    }
+}

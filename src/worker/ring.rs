@@ -1,0 +1,146 @@
+//! A thin io_uring wrapper: completion tokens and a push that never loses an entry.
+
+use io_uring::{cqueue, squeue, IoUring};
+use std::io;
+
+/// What a completion belongs to. Encoded in the top byte of `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Op {
+    /// Multishot accept; the index is the listener's.
+    Accept = 1,
+    /// Mailbox eventfd read.
+    Wake,
+    /// Periodic timer.
+    Tick,
+    /// Handshake recv into the connection's small buffer.
+    HsRecv,
+    /// Handshake intermediate reply (method selection, auth status).
+    HsSend,
+    /// Final SOCKS5 reply (success or refusal), sent by the key's owner.
+    Reply,
+    /// POLLRDHUP watch on a half waiting for its peer / activation.
+    WaitPoll,
+    /// Relay: data read from this connection (copy engine recv).
+    Recv,
+    /// Relay: data written to this connection's peer (copy engine send).
+    Send,
+    /// Relay: this connection readable (splice engine).
+    PollIn,
+    /// Relay: this connection's peer writable (splice engine).
+    PollOut,
+    /// A cancel request; its completion carries nothing we need.
+    Cancel,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Option<Op> {
+        use Op::*;
+        [
+            Accept, Wake, Tick, HsRecv, HsSend, Reply, WaitPoll, Recv, Send, PollIn, PollOut,
+            Cancel,
+        ]
+        .into_iter()
+        .find(|o| *o as u8 == v)
+    }
+}
+
+/// `user_data` layout: op (8 bits) | generation (24 bits) | slot index (32 bits).
+pub(crate) fn token(op: Op, idx: u32, gen: u32) -> u64 {
+    ((op as u64) << 56) | (((gen & 0xFF_FFFF) as u64) << 32) | idx as u64
+}
+
+pub(crate) fn untoken(user_data: u64) -> Option<(Op, u32, u32)> {
+    let op = Op::from_u8((user_data >> 56) as u8)?;
+    Some((op, user_data as u32, ((user_data >> 32) & 0xFF_FFFF) as u32))
+}
+
+pub(crate) struct Ring {
+    pub ring: IoUring,
+    /// Completions copied out so handlers may push new entries while we iterate.
+    reaped: Vec<cqueue::Entry>,
+}
+
+impl Ring {
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 8)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(entries)?;
+        Ok(Ring {
+            ring,
+            reaped: Vec::with_capacity(entries as usize * 8),
+        })
+    }
+
+    /// Queues an entry, flushing the submission queue to the kernel when it is full.
+    pub fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every buffer an entry points to is owned by the worker (connection
+            // state, buffer ring, timespec) and outlives the operation: the worker only frees
+            // a connection's memory once its in-flight count is zero, and drops the ring
+            // before the buffer ring and timers.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
+                    panic!("io_uring submit failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Submits what is queued, waits for at least one completion, and returns them all.
+    pub fn submit_and_reap(&mut self) -> io::Result<Vec<cqueue::Entry>> {
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => return Err(e),
+        }
+        let mut out = std::mem::take(&mut self.reaped);
+        out.clear();
+        out.extend(self.ring.completion());
+        Ok(out)
+    }
+
+    /// Submits and waits up to `wait` for completions (used while shutting down).
+    pub fn reap_for(&mut self, wait: std::time::Duration) -> io::Result<Vec<cqueue::Entry>> {
+        let ts = io_uring::types::Timespec::from(wait);
+        let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        let mut out = std::mem::take(&mut self.reaped);
+        out.clear();
+        out.extend(self.ring.completion());
+        Ok(out)
+    }
+
+    /// Gives the completion vector back for reuse.
+    pub fn recycle(&mut self, v: Vec<cqueue::Entry>) {
+        self.reaped = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trip() {
+        let t = token(Op::Send, 123_456, 0x12_3456);
+        assert_eq!(untoken(t), Some((Op::Send, 123_456, 0x12_3456)));
+        let t = token(Op::Cancel, u32::MAX, 0xFFFF_FFFF);
+        assert_eq!(untoken(t), Some((Op::Cancel, u32::MAX, 0xFF_FFFF)));
+        assert_eq!(untoken(0), None);
+    }
+}

@@ -1,0 +1,149 @@
+//! Shared helpers for the data-plane tests: a proxy on loopback, a blocking SOCKS5 client
+//! half, and a cheap deterministic byte pattern to check every byte relayed.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use streamhost::config::{Config, Engine};
+use streamhost::{Handle, Server, StreamKey};
+
+pub fn config(engine: Engine) -> Config {
+    let mut c = Config {
+        workers: 2,
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Config::default()
+    };
+    c.relay.engine = engine;
+    c
+}
+
+pub fn start(c: Config) -> (Handle, SocketAddr) {
+    let h = Server::start(c).expect("proxy starts");
+    let a = h.local_addrs()[0];
+    (h, a)
+}
+
+pub fn key(n: u64) -> StreamKey {
+    StreamKey::from_parts(
+        &format!("sid{n}"),
+        "requester@localhost/r",
+        "target@localhost/t",
+    )
+}
+
+/// Connects and completes the SOCKS5 handshake for `key`; returns the stream and the
+/// reply's REP code (0 = placed; the stream is closed by the proxy otherwise).
+pub fn try_half(addr: SocketAddr, key: &StreamKey) -> io::Result<(TcpStream, u8)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_nodelay(true)?;
+    let mut req = vec![5, 1, 0, 5, 1, 0, 3, 40];
+    req.extend_from_slice(key.as_bytes());
+    req.extend_from_slice(&[0, 0]);
+    s.write_all(&req)?;
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m)?;
+    assert_eq!(m, [5, 0], "method selection");
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head)?;
+    assert_eq!(head[0], 5);
+    if head[1] == 0 {
+        let mut rest = [0u8; 45];
+        s.read_exact(&mut rest)?;
+        assert_eq!(&rest[..3], &[0, 3, 40]);
+        assert_eq!(&rest[3..43], key.as_bytes());
+        assert_eq!(&rest[43..], &[0, 0]);
+    } else {
+        let mut rest = [0u8; 8];
+        s.read_exact(&mut rest)?;
+    }
+    Ok((s, head[1]))
+}
+
+pub fn half(addr: SocketAddr, key: &StreamKey) -> TcpStream {
+    let (s, rep) = try_half(addr, key).expect("handshake");
+    assert_eq!(rep, 0, "placed");
+    s
+}
+
+/// Fills `buf` with the pattern of stream `seed` starting at byte `offset`.
+pub fn fill(buf: &mut [u8], seed: u64, offset: u64) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = pattern_byte(seed, offset + i as u64);
+    }
+}
+
+#[inline]
+pub fn pattern_byte(seed: u64, off: u64) -> u8 {
+    let x = (off >> 3) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x.wrapping_mul(0xBF58_476D_1CE4_E5B9) >> (8 * (off & 7))) as u8
+}
+
+/// Writes `total` pattern bytes, then shuts down writing.
+pub fn send_pattern(mut s: &TcpStream, seed: u64, total: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < total {
+        let n = ((total - off) as usize).min(buf.len());
+        fill(&mut buf[..n], seed, off);
+        s.write_all(&buf[..n])?;
+        off += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)
+}
+
+/// Reads to EOF, checking every byte; returns the count.
+pub fn recv_pattern(mut s: &TcpStream, seed: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(off);
+        }
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let at = off + i as u64;
+            if b != pattern_byte(seed, at) {
+                return Err(io::Error::other(format!(
+                    "stream {seed}: wrong byte at offset {at}"
+                )));
+            }
+        }
+        off += n as u64;
+    }
+}
+
+/// A pair that the proxy has placed and activated.
+pub fn active_pair(h: &Handle, addr: SocketAddr, n: u64) -> (TcpStream, TcpStream) {
+    let k = key(n);
+    let a = half(addr, &k);
+    let b = half(addr, &k);
+    assert_eq!(h.activate(&k), streamhost::ActivationOutcome::Activated);
+    (a, b)
+}
+
+/// Polls `cond` every 10 ms for up to `secs` seconds.
+pub fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// Reads until EOF or reset; true if the peer closed (within the read timeout).
+pub fn closed_by_peer(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
