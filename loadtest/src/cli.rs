@@ -42,7 +42,9 @@ pub struct Common {
     pub buffer_size: Option<u64>,
     /// How activations reach the proxy: `embedded` (this program is the XMPP server the
     /// proxy's component connects to) or `component:HOST:PORT:JID:SECRET` (connect to a
-    /// real XMPP server as component JID and send the activations from there).
+    /// real XMPP server as component JID and send the activations from there), or
+    /// `in-process` (run streamhost's data plane inside this process and activate through
+    /// its API: no XMPP, no spawn; the generator and the proxy then share the cores).
     #[arg(long, global = true, default_value = "embedded", value_parser = parse_xmpp)]
     pub xmpp: XmppMode,
     /// Where the embedded XMPP server listens (an external proxy must be configured with it).
@@ -77,6 +79,7 @@ pub struct Common {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum XmppMode {
     Embedded,
+    InProcess,
     Component {
         server: SocketAddr,
         jid: String,
@@ -88,9 +91,12 @@ pub fn parse_xmpp(s: &str) -> Result<XmppMode, String> {
     if s == "embedded" {
         return Ok(XmppMode::Embedded);
     }
+    if s == "in-process" {
+        return Ok(XmppMode::InProcess);
+    }
     let rest = s
         .strip_prefix("component:")
-        .ok_or("expected `embedded` or `component:HOST:PORT:JID:SECRET`")?;
+        .ok_or("expected `embedded`, `in-process` or `component:HOST:PORT:JID:SECRET`")?;
     let mut it = rest.splitn(4, ':');
     let (Some(h), Some(p), Some(jid), Some(secret)) = (it.next(), it.next(), it.next(), it.next())
     else {

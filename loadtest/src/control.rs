@@ -31,9 +31,16 @@ impl PairIds {
     }
 }
 
+/// How activations reach the proxy.
+pub enum Channel {
+    /// An XEP-0114 stream: IQ set to the proxy's JID.
+    Xmpp { link: Arc<Link>, proxy_jid: String },
+    /// streamhost's data plane running in this process: its activation API, no XMPP.
+    InProcess(Arc<streamhost::Handle>),
+}
+
 pub struct Control {
-    link: Arc<Link>,
-    proxy_jid: String,
+    channel: Channel,
     /// Domain of the requester and target JIDs.
     pub domain: String,
     pub timeout: Duration,
@@ -42,27 +49,45 @@ pub struct Control {
 impl Control {
     pub fn new(link: Arc<Link>, proxy_jid: &str, domain: &str) -> Self {
         Control {
-            link,
-            proxy_jid: proxy_jid.to_string(),
+            channel: Channel::Xmpp {
+                link,
+                proxy_jid: proxy_jid.to_string(),
+            },
             domain: domain.to_string(),
             timeout: Duration::from_secs(10),
         }
     }
 
-    /// Sends the activation IQ and waits for the result.
+    pub fn in_process(handle: Arc<streamhost::Handle>, domain: &str) -> Self {
+        Control {
+            channel: Channel::InProcess(handle),
+            domain: domain.to_string(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sends the activation IQ (or calls the in-process API) and waits for the result.
     pub fn activate(&self, ids: &PairIds) -> anyhow::Result<()> {
+        let (link, proxy_jid) = match &self.channel {
+            Channel::Xmpp { link, proxy_jid } => (link, proxy_jid),
+            Channel::InProcess(h) => {
+                return match h.activate(&ids.key()) {
+                    streamhost::ActivationOutcome::Activated => Ok(()),
+                    other => anyhow::bail!(
+                        "activation of sid {} ({} -> {}) refused: {other:?}",
+                        ids.sid,
+                        ids.requester,
+                        ids.target
+                    ),
+                }
+            }
+        };
         let payload = format!(
             "<query xmlns='http://jabber.org/protocol/bytestreams' sid='{}'><activate>{}</activate></query>",
             escape(&ids.sid),
             escape(&ids.target)
         );
-        match self.link.iq(
-            "set",
-            &ids.requester,
-            &self.proxy_jid,
-            &payload,
-            self.timeout,
-        )? {
+        match link.iq("set", &ids.requester, proxy_jid, &payload, self.timeout)? {
             IqReply::Result(_) => Ok(()),
             IqReply::Error(cond) => anyhow::bail!(
                 "activation of sid {} ({} -> {}) refused: {cond}",
@@ -74,6 +99,8 @@ impl Control {
     }
 
     pub fn close(&self) {
-        self.link.close();
+        if let Channel::Xmpp { link, .. } = &self.channel {
+            link.close();
+        }
     }
 }

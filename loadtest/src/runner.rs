@@ -57,6 +57,45 @@ impl Harness {
                 env,
             });
         }
+        if c.xmpp == XmppMode::InProcess {
+            anyhow::ensure!(
+                c.proxy.is_none(),
+                "--xmpp in-process runs its own data plane: drop --proxy"
+            );
+            let mut cfg = match &c.proxy_config {
+                Some(p) => streamhost::Config::from_file(p)?,
+                None => streamhost::Config::default(),
+            };
+            cfg.listen = vec!["127.0.0.1:0".parse().expect("literal")];
+            if let Some(w) = c.workers {
+                cfg.workers = w;
+            }
+            if let Some(e) = &c.engine {
+                cfg.relay.engine = e.parse().map_err(anyhow::Error::msg)?;
+            }
+            if let Some(b) = c.buffer_size {
+                cfg.relay.buffer_size = b as usize;
+            }
+            env.proxy = "in-process streamhost data plane (shares this process)".into();
+            env.proxy_engine = Some(format!("{:?}", cfg.relay.engine).to_lowercase());
+            env.proxy_config = Some(format!("{cfg:#?}\n"));
+            env.xmpp = "none (activation through the data plane's API)".into();
+            let handle = Arc::new(streamhost::Server::start(cfg)?);
+            let addr = handle.local_addrs()[0];
+            let control = Arc::new(Control::in_process(handle, &c.domain));
+            ctx.proxy = Some(Target::Proxy {
+                addr,
+                control: control.clone(),
+            });
+            ctx.proxy_pid = Some(std::process::id());
+            return Ok(Harness {
+                ctx,
+                proxy: None,
+                embedded: None,
+                control: Some(control),
+                env,
+            });
+        }
         // Where the proxy's own component connects, and how we send activations.
         let (embedded, xmpp_server, link_of): (Option<EmbeddedServer>, _, _) = match &c.xmpp {
             XmppMode::Embedded => {
@@ -65,6 +104,7 @@ impl Harness {
                 env.xmpp = format!("embedded XEP-0114 server on {addr}");
                 (Some(e), addr, None)
             }
+            XmppMode::InProcess => unreachable!("handled above"),
             XmppMode::Component {
                 server,
                 jid,
@@ -126,7 +166,7 @@ impl Harness {
             (None, Some((server, jid, secret))) => {
                 component::connect(server, &jid, &secret, None, READY)?
             }
-            (None, None) => unreachable!("one XMPP mode is chosen"),
+            (None, None) => unreachable!("the in-process mode returned above"),
         };
         let control = Arc::new(Control::new(link, &c.proxy_jid, &domain));
         ctx.proxy = Some(Target::Proxy {
