@@ -124,3 +124,60 @@ fn external_proxy_with_embedded_xmpp_end_to_end() {
         .unwrap();
     assert!(line.contains('x'), "{line}");
 }
+
+/// The fake proxy example (built by `cargo test`), next to the test binaries.
+fn fake_proxy_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    profile_dir.join("examples").join("fake_streamhost")
+}
+
+#[test]
+fn spawn_writes_config_waits_for_component_and_stops_the_proxy() {
+    let bin_path = fake_proxy_bin();
+    assert!(bin_path.is_file(), "{} not built", bin_path.display());
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .arg("--proxy-bin")
+        .arg(&bin_path)
+        .args(["--engine", "splice", "--report"])
+        .arg(dir.path())
+        .args(["idle", "--pairs", "20", "--hold", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("spawned") && stdout.contains("engine splice"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("proxy fds during"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    let cfg = json["env"]["proxy_config"].as_str().unwrap();
+    assert!(
+        cfg.contains("[component]") && cfg.contains("proxy.localhost"),
+        "{cfg}"
+    );
+    // The proxy was stopped: its pid is gone.
+    let pid = json["env"]["proxy"]
+        .as_str()
+        .unwrap()
+        .rsplit("pid ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/status")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .contains("State:\tZ"),
+        "proxy pid {pid} still running"
+    );
+}
