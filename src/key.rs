@@ -2,7 +2,7 @@
 
 use sha1::{Digest, Sha1};
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 
 /// A 40-character hex stream key, normalised to lowercase so that clients that send
 /// uppercase hex still meet their peer.
@@ -86,9 +86,7 @@ impl KeyRouter {
     }
 
     pub fn owner(&self, key: &StreamKey) -> usize {
-        let mut h = self.seed.build_hasher();
-        key.hash(&mut h);
-        (h.finish() % self.workers as u64) as usize
+        (self.seed.hash_one(key) % self.workers as u64) as usize
     }
 }
 

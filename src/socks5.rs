@@ -110,7 +110,7 @@ enum State {
 }
 
 /// The proxy side of one client's SOCKS5 handshake. No allocation; about 100 bytes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Handshake {
     state: State,
     auth: Option<Arc<Socks5Auth>>,
@@ -122,6 +122,16 @@ pub struct Handshake {
     /// comparison time does not depend on where the first difference is.
     diff: u8,
     addr: [u8; StreamKey::LEN],
+}
+
+// By hand so that the configured password never reaches a log.
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshake")
+            .field("state", &self.state)
+            .field("auth", &self.auth.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What one byte did.
@@ -327,7 +337,7 @@ impl Handshake {
                     return refuse(Refusal::BadKey, out);
                 }
             }
-            // The proxy never connects anywhere, so any port but 0 is a request to.
+            // The proxy never connects anywhere; a non-zero port asks it to.
             _ if pos >= PORT && b != 0 => return refuse(Refusal::BadPort, out),
             _ => {}
         }
@@ -378,6 +388,18 @@ mod tests {
         fn send<T: Send>() {}
         send::<Handshake>();
         assert!(std::mem::size_of::<Handshake>() <= 128);
+    }
+
+    #[test]
+    fn debug_hides_credentials() {
+        let auth = Socks5Auth {
+            username: "romeo".into(),
+            password: "s3cret".into(),
+        };
+        let h = Handshake::new(Some(Arc::new(auth)));
+        let dbg = format!("{h:?}");
+        assert!(dbg.contains("GreetVer"), "{dbg}");
+        assert!(!dbg.contains("s3cret") && !dbg.contains("romeo"), "{dbg}");
     }
 
     #[test]

@@ -1,0 +1,164 @@
+//! Relay throughput against the physical baseline, measured in one run: the same sender
+//! and receiver code moves data over direct loopback TCP, then through the proxy with each
+//! engine, for 1 pair and for 64 concurrent pairs. Prints Gbit/s and the ratio to direct.
+//!
+//! `cargo bench --bench relay_vs_direct` (env: RELAY_BENCH_GIB to change the volume).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+use streamhost::config::{Config, Engine};
+use streamhost::{Server, StreamKey};
+
+const CHUNK: usize = 1 << 20;
+
+fn sender(mut s: TcpStream, bytes: u64) {
+    let buf = vec![0x5au8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = (left as usize).min(CHUNK);
+        s.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+}
+
+fn receiver(mut s: TcpStream) -> u64 {
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0u64;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            return got;
+        }
+        got += n as u64;
+    }
+}
+
+/// Runs `pairs` transfers of `bytes` each over the given connected (tx, rx) streams;
+/// returns aggregate Gbit/s.
+fn transfer(conns: Vec<(TcpStream, TcpStream)>, bytes: u64) -> f64 {
+    let n = conns.len() as u64;
+    let start = Instant::now();
+    let handles: Vec<_> = conns
+        .into_iter()
+        .flat_map(|(tx, rx)| {
+            [
+                thread::spawn(move || {
+                    sender(tx, bytes);
+                    0
+                }),
+                thread::spawn(move || receiver(rx)),
+            ]
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(total, bytes * n, "every byte arrived");
+    (total * 8) as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+fn direct_pairs(pairs: usize) -> Vec<(TcpStream, TcpStream)> {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    (0..pairs)
+        .map(|_| {
+            let tx = TcpStream::connect(a).unwrap();
+            let (rx, _) = l.accept().unwrap();
+            (tx, rx)
+        })
+        .collect()
+}
+
+fn half(addr: SocketAddr, key: &StreamKey) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = vec![5, 1, 0, 5, 1, 0, 3, 40];
+    req.extend_from_slice(key.as_bytes());
+    req.extend_from_slice(&[0, 0]);
+    s.write_all(&req).unwrap();
+    let mut reply = [0u8; 49];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[..4], &[5, 0, 5, 0]);
+    s
+}
+
+fn proxied(engine: Engine, workers: usize, pairs: usize, bytes: u64) -> f64 {
+    let mut c = Config {
+        workers,
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Config::default()
+    };
+    c.relay.engine = engine;
+    let h = Server::start(c).unwrap();
+    let addr = h.local_addrs()[0];
+    let conns = (0..pairs)
+        .map(|i| {
+            let k = StreamKey::from_parts(&format!("bench{i}"), "a@b/c", "d@e/f");
+            let rx = half(addr, &k);
+            let tx = half(addr, &k);
+            assert_eq!(h.activate(&k), streamhost::ActivationOutcome::Activated);
+            (tx, rx)
+        })
+        .collect();
+    let g = transfer(conns, bytes);
+    h.shutdown();
+    g
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing: run tiny then.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let gib: f64 = std::env::var("RELAY_BENCH_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 0.05 } else { 4.0 });
+    let rounds = if quick { 1 } else { 3 };
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "relay vs direct loopback TCP, {gib} GiB per case, {rounds} rounds (median), {cores} cores"
+    );
+    println!("{:<28} {:>10} {:>8}", "case", "Gbit/s", "ratio");
+    for pairs in [1usize, 64] {
+        let bytes = (gib * (1u64 << 30) as f64 / pairs as f64) as u64;
+        let mut direct = Vec::new();
+        let mut results: Vec<(String, Vec<f64>)> = vec![];
+        let cases = [
+            (Engine::Copy, 1),
+            (Engine::Copy, cores),
+            (Engine::Splice, 1),
+            (Engine::Splice, cores),
+        ];
+        for _ in 0..rounds {
+            direct.push(transfer(direct_pairs(pairs), bytes));
+            for (i, &(engine, workers)) in cases.iter().enumerate() {
+                let g = proxied(engine, workers, pairs, bytes);
+                if results.len() <= i {
+                    results.push((format!("{engine:?} w={workers}"), vec![]));
+                }
+                results[i].1.push(g);
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let d = median(direct);
+        println!(
+            "{:<28} {:>10.2} {:>8.2}",
+            format!("direct, {pairs} pairs"),
+            d,
+            1.0
+        );
+        for (name, v) in results {
+            let g = median(v);
+            println!(
+                "{:<28} {:>10.2} {:>8.2}",
+                format!("{name}, {pairs} pairs"),
+                g,
+                g / d
+            );
+        }
+    }
+}
