@@ -113,6 +113,8 @@ pub fn run(ctx: &Ctx, p: &SetupParams) -> anyhow::Result<ScenarioReport> {
     );
     for (i, step) in STEPS.iter().enumerate() {
         let q = |r: &SetupRun, x: f64| r.hist[i].value_at_quantile(x) as f64;
+        // Direct TCP has no activation step: no baseline for it.
+        let direct = direct.filter(|_| *step != "activation");
         rep.figures.push(
             Figure::new(&format!("{step} p50"), "us", q(main, 0.5), false)
                 .with_direct(direct.map(|d| q(d, 0.5))),
