@@ -115,13 +115,16 @@ pub fn run(ctx: &Ctx, p: &BulkParams, name: &str) -> anyhow::Result<ScenarioRepo
         ..Default::default()
     };
     let targets = ctx.targets();
-    let mut runs: Vec<(String, Vec<BulkRun>)> = Vec::new();
-    for t in &targets {
-        let mut v = Vec::new();
-        for &n in &p.pairs {
+    let mut runs: Vec<(String, Vec<BulkRun>)> = targets
+        .iter()
+        .map(|t| (t.label().to_string(), Vec::new()))
+        .collect();
+    // Proxy and direct alternate per pair count, so that drift in the machine's load
+    // affects both sides of each ratio alike.
+    for &n in &p.pairs {
+        for (t, (_, v)) in targets.iter().zip(runs.iter_mut()) {
             v.push(run_one(ctx, t, n, p)?);
         }
-        runs.push((t.label().to_string(), v));
     }
     let direct = runs
         .iter()
