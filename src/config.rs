@@ -60,6 +60,8 @@ pub struct Config {
     /// Require SOCKS5 username/password (RFC 1929) when present.
     pub socks5_auth: Option<Socks5Auth>,
     pub relay: RelayConfig,
+    /// The XEP-0114 component (control plane); absent: data plane only.
+    pub component: Option<crate::control::ControlConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +94,7 @@ impl Default for Config {
             idle_timeout: 900,
             socks5_auth: None,
             relay: RelayConfig::default(),
+            component: None,
         }
     }
 }
@@ -249,6 +252,9 @@ impl Config {
         }
         if r.pipes_per_worker == 0 || r.pipes_per_worker > 65536 {
             return Err(invalid("relay.pipes_per_worker", "must be 1 to 65536"));
+        }
+        if let Some(c) = &self.component {
+            c.resolve(&self.listen)?;
         }
         Ok(())
     }

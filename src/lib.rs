@@ -5,6 +5,7 @@
 //! (`socks5`, `rendezvous`, `key`) is sans-IO. See ARCHITECTURE.md.
 
 pub mod config;
+pub mod control;
 pub mod key;
 pub mod rendezvous;
 pub mod server;

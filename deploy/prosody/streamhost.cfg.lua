@@ -1,0 +1,13 @@
+-- streamhost as an external component (XEP-0114) of Prosody.
+--
+-- Add this to prosody.cfg.lua after the VirtualHost of your domain, with your proxy's
+-- JID (a subdomain of the VirtualHost, so that Prosody lists it in the host's
+-- disco#items) and a long random secret that equals streamhost's `component.secret`.
+-- Prosody accepts components on port 5347 (`component_ports`), on loopback by default
+-- (`component_interfaces`); XEP-0114 is not encrypted, so keep it on loopback or a
+-- private link.
+--
+-- Do not also load mod_proxy65 for the same JID.
+
+Component "proxy.example.org"
+    component_secret = "CHANGE-ME"

@@ -1,0 +1,469 @@
+//! The XEP-0114 connection: its own thread with a current-thread tokio runtime, which
+//! logs in with the shared secret, feeds stanzas to the sans-IO `Service`, performs
+//! activations through the `Activator`, and reconnects with backoff when the link drops.
+//!
+//! The login is done here with tokio-xmpp's public stream API rather than its
+//! `Component` type, because `Component` ends its stream on a read soft-timeout (60 s of
+//! silence) and on any stanza that fails to parse; this loop answers those instead
+//! (keepalive ping, bad-request) and keeps the link.
+
+use super::backoff::Backoff;
+use super::config::ControlSettings;
+use super::service::{Action, Service};
+use super::Activator;
+use futures::stream::FuturesUnordered;
+use futures::{SinkExt, StreamExt};
+use jid::Jid;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
+use tokio_xmpp::xmlstream::{
+    FallibleStreamElement, ReadError, StreamElementError, Timeouts, XmppStream, XmppStreamElement,
+};
+use tracing::{debug, info, warn};
+use xmpp_parsers::component::Handshake;
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::ping::Ping;
+use xmpp_parsers::stanza::Stanza;
+
+/// How long a login (TCP connect, stream open, handshake) may take.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the data plane may take to answer an activation.
+const ACTIVATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a clean stream close may take when stopping.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// State of the component link, for metrics and readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnState {
+    Down = 0,
+    Connecting = 1,
+    Connected = 2,
+}
+
+impl ConnState {
+    pub fn from_u8(v: u8) -> ConnState {
+        match v {
+            2 => ConnState::Connected,
+            1 => ConnState::Connecting,
+            _ => ConnState::Down,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: AtomicU8,
+    logins: AtomicU64,
+}
+
+impl Shared {
+    fn set(&self, s: ConnState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+}
+
+/// The running control plane. Dropping it stops the thread (after at most about a
+/// second for a clean stream close).
+#[derive(Debug)]
+pub struct ControlHandle {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlHandle {
+    pub fn state(&self) -> ConnState {
+        ConnState::from_u8(self.shared.state.load(Ordering::Acquire))
+    }
+
+    /// Successful logins so far (a reconnect adds one).
+    pub fn logins(&self) -> u64 {
+        self.shared.logins.load(Ordering::Acquire)
+    }
+
+    /// Waits until the link is up, at most `timeout`; true if it is.
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.state() == ConnState::Connected {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.state() == ConnState::Connected
+    }
+
+    /// Closes the stream and joins the thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                warn!("component thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ControlHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts the component connection on its own thread. It connects, and reconnects
+/// forever with backoff, until the handle is stopped or dropped.
+pub fn spawn(
+    settings: ControlSettings,
+    activator: Arc<dyn Activator>,
+) -> io::Result<ControlHandle> {
+    let shared = Arc::new(Shared::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sh = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("streamhost-xmpp".into())
+        .spawn(move || rt.block_on(run(settings, activator, sh, stop_rx)))?;
+    Ok(ControlHandle {
+        shared,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+type Stream = XmppStream<<TcpServerConnector as ServerConnector>::Stream>;
+
+async fn run(
+    settings: ControlSettings,
+    activator: Arc<dyn Activator>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = Service::new(&settings);
+    let mut backoff = Backoff::component();
+    loop {
+        shared.set(ConnState::Connecting);
+        let login = tokio::select! {
+            r = tokio::time::timeout(LOGIN_TIMEOUT, login(&settings)) => {
+                r.unwrap_or_else(|_| Err(format!("no login within {LOGIN_TIMEOUT:?}")))
+            }
+            _ = stop.changed() => break,
+        };
+        match login {
+            Ok(stream) => {
+                shared.set(ConnState::Connected);
+                shared.logins.fetch_add(1, Ordering::AcqRel);
+                backoff.reset();
+                info!(server = %settings.server, jid = %settings.jid, "component connected");
+                match serve(stream, &service, &*activator, &settings, &mut stop).await {
+                    End::Stopped => break,
+                    End::Lost(why) => {
+                        warn!(server = %settings.server, "component link lost: {why}")
+                    }
+                }
+            }
+            Err(why) => warn!(server = %settings.server, "component login failed: {why}"),
+        }
+        shared.set(ConnState::Down);
+        let delay = backoff.next_delay(fastrand::f64());
+        info!("component reconnecting in {delay:?}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    shared.set(ConnState::Down);
+    info!("component stopped");
+}
+
+/// TCP connect (each resolved address in turn), stream open, XEP-0114 handshake.
+async fn login(settings: &ControlSettings) -> Result<Stream, String> {
+    let addrs: Vec<_> = tokio::net::lookup_host(settings.server.as_str())
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", settings.server))?
+        .collect();
+    let mut last = format!("{} resolved to no address", settings.server);
+    for addr in addrs {
+        // Probe first so that an unreachable address costs one connect, not a login.
+        if let Err(e) = TcpStream::connect(addr).await {
+            last = format!("connect {addr}: {e}");
+            continue;
+        }
+        match login_at(settings, &addr.to_string()).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+async fn login_at(settings: &ControlSettings, addr: &str) -> Result<Stream, String> {
+    let connector = TcpServerConnector::from(DnsConfig::addr(addr));
+    let jid = Jid::from(settings.jid.clone());
+    let (mut pending, _) = connector
+        .connect(&jid, xmpp_parsers::ns::COMPONENT, Timeouts::tight())
+        .await
+        .map_err(|e| e.to_string())?;
+    let id = pending
+        .take_header()
+        .id
+        .ok_or("the server sent no stream id")?
+        .into_owned();
+    let mut stream: Stream = pending.skip_features();
+    let hs = Handshake::from_stream_id_and_password(id, settings.secret.expose());
+    stream
+        .send(&XmppStreamElement::ComponentHandshake(hs))
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        match stream.next().await {
+            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::ComponentHandshake(_)))) => {
+                return Ok(stream)
+            }
+            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
+                return Err(format!(
+                    "handshake refused ({e}): check component.jid and the secret"
+                ))
+            }
+            Some(Ok(other)) => debug!("ignoring {other:?} before the handshake"),
+            Some(Err(ReadError::SoftTimeout)) => {}
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("connection closed during the handshake".into()),
+        }
+    }
+}
+
+enum End {
+    Stopped,
+    Lost(String),
+}
+
+type Pending = Pin<Box<dyn Future<Output = Stanza> + Send>>;
+
+async fn serve(
+    mut stream: Stream,
+    service: &Service,
+    activator: &dyn Activator,
+    settings: &ControlSettings,
+    stop: &mut watch::Receiver<bool>,
+) -> End {
+    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    let mut pings = 0u64;
+    loop {
+        let out = tokio::select! {
+            biased;
+            _ = stop.changed() => {
+                let _ = tokio::time::timeout(
+                    CLOSE_TIMEOUT,
+                    SinkExt::<&XmppStreamElement>::close(&mut stream),
+                ).await;
+                return End::Stopped;
+            }
+            Some(reply) = pending.next(), if !pending.is_empty() => Some(reply),
+            item = stream.next() => match item {
+                None => return End::Lost("connection closed".into()),
+                Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(st)))) => {
+                    match service.handle(st) {
+                        Action::Ignore => None,
+                        Action::Reply(r) => Some(*r),
+                        Action::Activate(a) => {
+                            pending.push(activate(activator, a));
+                            None
+                        }
+                    }
+                }
+                Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
+                    return End::Lost(format!("stream error from the server: {e}"));
+                }
+                Some(Ok(FallibleStreamElement::Ok(other))) => {
+                    debug!("ignoring {other:?}");
+                    None
+                }
+                Some(Ok(FallibleStreamElement::Err(StreamElementError::InvalidStanza {
+                    name,
+                    header,
+                    error,
+                    ..
+                }))) if name.to_string() == "iq" => {
+                    debug!("invalid IQ: {error}");
+                    match service.handle_invalid_iq(
+                        header.type_.as_deref(),
+                        header.from.as_deref(),
+                        header.to.as_deref(),
+                        header.id.as_deref(),
+                    ) {
+                        Action::Reply(r) => Some(*r),
+                        _ => None,
+                    }
+                }
+                Some(Ok(FallibleStreamElement::Err(e))) => {
+                    debug!("ignoring invalid element: {e}");
+                    None
+                }
+                Some(Err(ReadError::SoftTimeout)) => {
+                    // Quiet link: ask the server for a reply so that a dead one is noticed
+                    // (hard timeout) and a live one is not dropped.
+                    pings += 1;
+                    Some(keepalive(settings, pings))
+                }
+                Some(Err(ReadError::StreamFooterReceived)) => {
+                    return End::Lost("the server closed the stream".into());
+                }
+                Some(Err(e)) => return End::Lost(e.to_string()),
+            },
+        };
+        if let Some(st) = out {
+            if let Err(e) = stream.send(&XmppStreamElement::Stanza(st)).await {
+                return End::Lost(format!("send failed: {e}"));
+            }
+        }
+    }
+}
+
+fn activate(activator: &dyn Activator, a: super::service::Activation) -> Pending {
+    let (tx, rx) = oneshot::channel();
+    activator.activate_then(
+        &a.key,
+        Box::new(move |outcome| {
+            let _ = tx.send(outcome);
+        }),
+    );
+    Box::pin(async move {
+        match tokio::time::timeout(ACTIVATION_TIMEOUT, rx).await {
+            Ok(Ok(outcome)) => {
+                debug!(key = %a.key, ?outcome, "activation");
+                a.reply(outcome)
+            }
+            _ => {
+                warn!(key = %a.key, "the data plane did not answer an activation");
+                a.no_answer()
+            }
+        }
+    })
+}
+
+fn keepalive(settings: &ControlSettings, n: u64) -> Stanza {
+    let to = settings
+        .domains
+        .first()
+        .and_then(|d| Jid::new(d).ok())
+        .unwrap_or_else(|| Jid::from(settings.jid.clone()));
+    Stanza::Iq(Iq::Get {
+        from: Some(Jid::from(settings.jid.clone())),
+        to: Some(to),
+        id: format!("streamhost-keepalive-{n}"),
+        payload: Ping.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::config::{ControlConfig, Secret};
+    use crate::key::StreamKey;
+    use crate::rendezvous::ActivationOutcome;
+    use xmpp_parsers::minidom::Element;
+
+    /// Stands in for the data plane: answers every activation with a fixed outcome, or
+    /// drops the callback without answering.
+    struct Fixed(Option<ActivationOutcome>);
+
+    impl Activator for Fixed {
+        fn activate_then(&self, _: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>) {
+            if let Some(o) = self.0 {
+                done(o)
+            }
+        }
+    }
+
+    fn activation() -> super::super::service::Activation {
+        let c = ControlConfig {
+            jid: "proxy.example.org".into(),
+            secret: Some(Secret::new("x")),
+            advertise: vec!["192.0.2.1:7777".into()],
+            ..ControlConfig::default()
+        };
+        let s = Service::new(&c.resolve(&[]).unwrap());
+        let xml = "<iq xmlns='jabber:component:accept' type='set' id='a1' \
+                   from='romeo@example.org/r' to='proxy.example.org'><query \
+                   xmlns='http://jabber.org/protocol/bytestreams' sid='s'><activate>\
+                   juliet@example.org/b</activate></query></iq>";
+        let iq = Iq::try_from(xml.parse::<Element>().unwrap()).unwrap();
+        match s.handle(Stanza::Iq(iq)) {
+            Action::Activate(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn run_one(activator: Fixed) -> Element {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let st = rt.block_on(activate(&activator, activation()));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        match st {
+            Stanza::Iq(iq) => iq.into(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn activation_outcome_becomes_the_reply() {
+        let el = run_one(Fixed(Some(ActivationOutcome::Activated)));
+        assert_eq!(el.attr("type"), Some("result"));
+        assert_eq!(el.attr("id"), Some("a1"));
+    }
+
+    #[test]
+    fn dropped_callback_gives_internal_server_error_at_once() {
+        let el = run_one(Fixed(None));
+        assert_eq!(el.attr("type"), Some("error"));
+        let err = el.get_child("error", "jabber:component:accept").unwrap();
+        assert!(err
+            .get_child(
+                "internal-server-error",
+                "urn:ietf:params:xml:ns:xmpp-stanzas"
+            )
+            .is_some());
+    }
+
+    #[test]
+    fn stops_promptly_while_the_server_is_unreachable() {
+        // A loopback port with nothing listening: every login fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = ControlConfig {
+            server: format!("127.0.0.1:{port}"),
+            jid: "proxy.example.org".into(),
+            secret: Some(Secret::new("x")),
+            advertise: vec!["192.0.2.1:7777".into()],
+            ..ControlConfig::default()
+        };
+        let h = spawn(c.resolve(&[]).unwrap(), Arc::new(Fixed(None))).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_ne!(h.state(), ConnState::Connected);
+        assert_eq!(h.logins(), 0);
+        let start = std::time::Instant::now();
+        h.stop();
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+}

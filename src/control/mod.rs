@@ -1,0 +1,35 @@
+//! The control plane: an XEP-0114 component that answers service discovery and
+//! activates streams in the data plane.
+//!
+//! - `config`: the `[component]` section and its validation.
+//! - `acl`: who may discover and activate (sans-IO).
+//! - `service`: stanza in, reply or activation out (sans-IO).
+//! - `backoff`: reconnect delays (sans-IO).
+//! - `component`: the connection thread that drives the above.
+
+pub mod acl;
+pub mod backoff;
+pub mod component;
+pub mod config;
+pub mod service;
+#[cfg(test)]
+mod service_tests;
+
+use crate::key::StreamKey;
+use crate::rendezvous::ActivationOutcome;
+use crate::server::Handle;
+
+pub use component::{spawn, ConnState, ControlHandle};
+pub use config::{ControlConfig, ControlSettings};
+
+/// What the control plane needs from the data plane: start relaying a key, and report the
+/// outcome through a callback (which must be quick; it may run on another thread).
+pub trait Activator: Send + Sync {
+    fn activate_then(&self, key: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>);
+}
+
+impl Activator for Handle {
+    fn activate_then(&self, key: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>) {
+        Handle::activate_then(self, key, done)
+    }
+}

@@ -1,0 +1,409 @@
+//! Interop with a real Prosody: the proxy joins as an XEP-0114 component, real c2s clients
+//! discover it, connect with SOCKS5 through the real data plane, activate through the
+//! server and move bytes. Each test starts its own Prosody on its own ports.
+
+mod support;
+
+use sha1::{Digest, Sha1};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use streamhost::config::Config;
+use streamhost::control::config::Secret;
+use streamhost::control::{self, ControlConfig, ControlHandle};
+use streamhost::{Handle, Server};
+use support::client::{escape, Client, El};
+use support::prosody::{Prosody, DOMAIN, OTHER_DOMAIN, PROXY_JID, SECRET};
+use support::socks5;
+
+const BS: &str = "http://jabber.org/protocol/bytestreams";
+
+struct Env {
+    // Dropped in this order: component, data plane, Prosody.
+    control: ControlHandle,
+    data: Arc<Handle>,
+    prosody: Prosody,
+    proxy: SocketAddr,
+}
+
+fn env(tune: impl FnOnce(&mut ControlConfig)) -> Env {
+    let prosody = Prosody::start(&[
+        ("romeo", DOMAIN, "pw-romeo"),
+        ("juliet", DOMAIN, "pw-juliet"),
+        ("eve", OTHER_DOMAIN, "pw-eve"),
+    ]);
+    let cfg = Config {
+        workers: 2,
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Config::default()
+    };
+    let data = Arc::new(Server::start(cfg).expect("data plane starts"));
+    let proxy = data.local_addrs()[0];
+    let mut cc = ControlConfig {
+        server: prosody.component_addr(),
+        jid: PROXY_JID.into(),
+        secret: Some(Secret::new(SECRET)),
+        ..ControlConfig::default()
+    };
+    tune(&mut cc);
+    let settings = cc
+        .resolve(data.local_addrs())
+        .expect("valid component config");
+    let control = control::spawn(settings, data.clone()).expect("component thread");
+    assert!(
+        control.wait_connected(Duration::from_secs(15)),
+        "component did not connect: {}",
+        prosody.logs()
+    );
+    Env {
+        control,
+        data,
+        prosody,
+        proxy,
+    }
+}
+
+impl Env {
+    fn login(&self, user: &str, domain: &str) -> Client {
+        Client::login(self.prosody.c2s_port, user, domain, &format!("pw-{user}"))
+            .unwrap_or_else(|e| panic!("{user} login: {e}\n{}", self.prosody.logs()))
+    }
+}
+
+fn key(sid: &str, requester: &str, target: &str) -> String {
+    hex::encode(Sha1::digest(format!("{sid}{requester}{target}").as_bytes()))
+}
+
+fn activate(c: &mut Client, sid: &str, target: &str) -> El {
+    c.iq(
+        "set",
+        Some(PROXY_JID),
+        &format!(
+            "<query xmlns='{BS}' sid='{}'><activate>{}</activate></query>",
+            escape(sid),
+            escape(target)
+        ),
+    )
+    .expect("activation answer")
+}
+
+fn assert_result(el: &El) {
+    assert_eq!(el.attr("type"), Some("result"), "{el:?}");
+    assert_eq!(el.attr("from"), Some(PROXY_JID), "{el:?}");
+}
+
+fn assert_error(el: &El, condition: &str) {
+    assert_eq!(el.attr("type"), Some("error"), "{el:?}");
+    assert_eq!(el.error_condition().as_deref(), Some(condition), "{el:?}");
+}
+
+/// Target connects first (as in XEP-0065), then the requester.
+fn pair(
+    proxy: SocketAddr,
+    sid: &str,
+    requester: &Client,
+    target: &Client,
+) -> (TcpStream, TcpStream) {
+    let k = key(sid, &requester.jid, &target.jid);
+    let t = socks5::connect(proxy, &k).expect("target SOCKS5");
+    let r = socks5::connect(proxy, &k).expect("requester SOCKS5");
+    (r, t)
+}
+
+fn pattern(seed: u8, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[seed as usize % 4] ^ seed)
+        .collect()
+}
+
+/// Sends `n` bytes each way at once and checks both arrive byte-exact.
+fn exchange(a: &TcpStream, b: &TcpStream, n: usize, seed: u8) {
+    let send = |mut w: TcpStream, data: Vec<u8>| {
+        std::thread::spawn(move || w.write_all(&data).expect("relay write"))
+    };
+    let ab = pattern(seed, n);
+    let ba = pattern(seed.wrapping_add(1), n);
+    let t1 = send(a.try_clone().unwrap(), ab.clone());
+    let t2 = send(b.try_clone().unwrap(), ba.clone());
+    let mut got = vec![0u8; n];
+    (&*b).read_exact(&mut got).expect("relay read at b");
+    assert!(got == ab, "a->b bytes differ");
+    (&*a).read_exact(&mut got).expect("relay read at a");
+    assert!(got == ba, "b->a bytes differ");
+    t1.join().unwrap();
+    t2.join().unwrap();
+}
+
+#[test]
+fn discovery_socks5_activation_and_relay_through_prosody() {
+    let e = env(|_| {});
+    let mut romeo = e.login("romeo", DOMAIN);
+    let mut juliet = e.login("juliet", DOMAIN);
+
+    let items = romeo
+        .iq(
+            "get",
+            Some(DOMAIN),
+            "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+        )
+        .unwrap();
+    let q = items.child("query").expect("items query");
+    assert!(
+        q.children.iter().any(|i| i.attr("jid") == Some(PROXY_JID)),
+        "proxy not listed: {items:?}"
+    );
+    let info = romeo
+        .iq(
+            "get",
+            Some(PROXY_JID),
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        )
+        .unwrap();
+    assert_result(&info);
+    let q = info.child("query").unwrap();
+    let id = q.child("identity").unwrap();
+    assert_eq!(
+        (id.attr("category"), id.attr("type")),
+        (Some("proxy"), Some("bytestreams"))
+    );
+    assert!(q.children.iter().any(|f| f.attr("var") == Some(BS)));
+
+    let hosts = romeo
+        .iq("get", Some(PROXY_JID), &format!("<query xmlns='{BS}'/>"))
+        .unwrap();
+    assert_result(&hosts);
+    let sh = hosts
+        .child("query")
+        .unwrap()
+        .child("streamhost")
+        .expect("a streamhost");
+    assert_eq!(sh.attr("jid"), Some(PROXY_JID));
+    let addr: SocketAddr = format!("{}:{}", sh.attr("host").unwrap(), sh.attr("port").unwrap())
+        .parse()
+        .unwrap();
+    assert_eq!(addr, e.proxy);
+
+    let (r, t) = pair(addr, "sid-relay-1", &romeo, &juliet);
+    assert_result(&activate(&mut romeo, "sid-relay-1", &juliet.jid));
+    exchange(&r, &t, 1 << 20, 7);
+    // Target case differs from the bound JID: normalised to the same key.
+    let upper = juliet.jid.replacen("juliet", "JULIET", 1);
+    let (r2, t2) = pair(addr, "sid-relay-2", &romeo, &juliet);
+    assert_result(&activate(&mut romeo, "sid-relay-2", &upper));
+    exchange(&t2, &r2, 64 << 10, 9);
+    // Either party may activate under XEP-0260.
+    let (r3, t3) = pair(addr, "sid-relay-3", &juliet, &romeo);
+    assert_result(&activate(&mut juliet, "sid-relay-3", &romeo.jid));
+    exchange(&r3, &t3, 64 << 10, 11);
+    assert!(e.data.stats().activations >= 3);
+}
+
+#[test]
+fn every_error_case_round_trips_through_prosody() {
+    let e = env(|_| {});
+    let mut romeo = e.login("romeo", DOMAIN);
+    let juliet = e.login("juliet", DOMAIN);
+    let target = juliet.jid.clone();
+
+    assert_error(
+        &activate(&mut romeo, "never-connected", &target),
+        "item-not-found",
+    );
+
+    let _half = socks5::connect(e.proxy, &key("half", &romeo.jid, &target)).unwrap();
+    assert_error(&activate(&mut romeo, "half", &target), "not-allowed");
+
+    let (_r, _t) = pair(e.proxy, "twice", &romeo, &juliet);
+    assert_result(&activate(&mut romeo, "twice", &target));
+    assert_error(&activate(&mut romeo, "twice", &target), "not-allowed");
+
+    let long = "s".repeat(129);
+    for payload in [
+        format!("<query xmlns='{BS}'><activate>{target}</activate></query>"),
+        format!("<query xmlns='{BS}' sid=''><activate>{target}</activate></query>"),
+        format!("<query xmlns='{BS}' sid='{long}'><activate>{target}</activate></query>"),
+        format!("<query xmlns='{BS}' sid='x'/>"),
+    ] {
+        let el = romeo.iq("set", Some(PROXY_JID), &payload).unwrap();
+        assert_error(&el, "bad-request");
+        assert_eq!(el.child("error").unwrap().attr("type"), Some("modify"));
+    }
+    assert_error(&activate(&mut romeo, "x", "@@not a jid"), "jid-malformed");
+
+    let el = romeo
+        .iq("get", Some(PROXY_JID), "<query xmlns='jabber:iq:roster'/>")
+        .unwrap();
+    assert_error(&el, "service-unavailable");
+    let el = romeo
+        .iq(
+            "set",
+            Some(PROXY_JID),
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        )
+        .unwrap();
+    assert_error(&el, "feature-not-implemented");
+    assert_result(
+        &romeo
+            .iq("get", Some(PROXY_JID), "<ping xmlns='urn:xmpp:ping'/>")
+            .unwrap(),
+    );
+    let v = romeo
+        .iq("get", Some(PROXY_JID), "<query xmlns='jabber:iq:version'/>")
+        .unwrap();
+    assert_result(&v);
+    assert_eq!(
+        v.child("query").unwrap().child("name").unwrap().text,
+        "streamhost"
+    );
+    let items = romeo
+        .iq(
+            "get",
+            Some(PROXY_JID),
+            "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+        )
+        .unwrap();
+    assert_result(&items);
+    assert!(items.child("query").unwrap().children.is_empty());
+    // A malformed IQ (two payloads) is answered, and the component link survives it.
+    let el = romeo
+        .iq(
+            "get",
+            Some(PROXY_JID),
+            "<ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/>",
+        )
+        .unwrap();
+    assert_error(&el, "bad-request");
+    assert_eq!(e.control.logins(), 1);
+    assert_result(
+        &romeo
+            .iq("get", Some(PROXY_JID), "<ping xmlns='urn:xmpp:ping'/>")
+            .unwrap(),
+    );
+}
+
+#[test]
+fn outsiders_are_forbidden_discovery_and_activation() {
+    // Default policy serves users of `localhost` only; juliet is denied explicitly.
+    let e = env(|c| c.access.deny = vec!["juliet@localhost".into()]);
+    let mut romeo = e.login("romeo", DOMAIN);
+    let mut juliet = e.login("juliet", DOMAIN);
+    let mut eve = e.login("eve", OTHER_DOMAIN);
+    for c in [&mut eve, &mut juliet] {
+        let info = c
+            .iq(
+                "get",
+                Some(PROXY_JID),
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+            )
+            .unwrap();
+        assert_error(&info, "forbidden");
+        let hosts = c
+            .iq("get", Some(PROXY_JID), &format!("<query xmlns='{BS}'/>"))
+            .unwrap();
+        assert_error(&hosts, "forbidden");
+    }
+    // A real pair exists, but eve may not activate it.
+    let (_r, _t) = pair(e.proxy, "eve-sid", &eve, &romeo);
+    assert_error(&activate(&mut eve, "eve-sid", &romeo.jid), "forbidden");
+    let (_r, _t) = pair(e.proxy, "jul-sid", &juliet, &romeo);
+    assert_error(&activate(&mut juliet, "jul-sid", &romeo.jid), "forbidden");
+    // Romeo is served.
+    let (r, t) = pair(e.proxy, "romeo-sid", &romeo, &juliet);
+    assert_result(&activate(&mut romeo, "romeo-sid", &juliet.jid));
+    exchange(&r, &t, 4096, 3);
+}
+
+#[test]
+fn component_reconnects_after_prosody_restart_and_relays_keep_going() {
+    let mut e = env(|_| {});
+    let mut romeo = e.login("romeo", DOMAIN);
+    let juliet = e.login("juliet", DOMAIN);
+    let (r, t) = pair(e.proxy, "survivor", &romeo, &juliet);
+    assert_result(&activate(&mut romeo, "survivor", &juliet.jid));
+    exchange(&r, &t, 256 << 10, 1);
+
+    e.prosody.stop();
+    exchange(&r, &t, 256 << 10, 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.control.state() == control::ConnState::Connected {
+        assert!(
+            Instant::now() < deadline,
+            "the component did not notice the server left"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    e.prosody.restart();
+    assert!(
+        e.control.wait_connected(Duration::from_secs(20)),
+        "no reconnect: {}",
+        e.prosody.logs()
+    );
+    assert_eq!(e.control.logins(), 2);
+    exchange(&r, &t, 256 << 10, 3);
+
+    // Activation works again through the new link.
+    let mut romeo = e.login("romeo", DOMAIN);
+    let juliet = e.login("juliet", DOMAIN);
+    let (r2, t2) = pair(e.proxy, "after-restart", &romeo, &juliet);
+    assert_result(&activate(&mut romeo, "after-restart", &juliet.jid));
+    exchange(&r2, &t2, 64 << 10, 4);
+    exchange(&r, &t, 64 << 10, 5);
+}
+
+#[test]
+fn wrong_secret_is_refused_and_retried_without_connecting() {
+    let prosody = Prosody::start(&[]);
+    let cc = ControlConfig {
+        server: prosody.component_addr(),
+        jid: PROXY_JID.into(),
+        secret: Some(Secret::new("not-the-secret")),
+        advertise: vec!["127.0.0.1:7777".into()],
+        ..ControlConfig::default()
+    };
+    let settings = cc.resolve(&[]).unwrap();
+    struct Unused;
+    impl control::Activator for Unused {
+        fn activate_then(
+            &self,
+            _: &streamhost::StreamKey,
+            _: Box<dyn FnOnce(streamhost::ActivationOutcome) + Send>,
+        ) {
+            panic!("no activation expected")
+        }
+    }
+    let control = control::spawn(settings, Arc::new(Unused)).unwrap();
+    assert!(!control.wait_connected(Duration::from_secs(2)));
+    assert_eq!(control.logins(), 0);
+    let start = Instant::now();
+    control.stop();
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+/// Activation round trip (client -> Prosody -> component -> data plane -> back), over
+/// 1,000 activations. Run with `cargo test --release -- --ignored --nocapture activation_rtt`.
+#[test]
+#[ignore]
+fn activation_rtt_through_prosody() {
+    let e = env(|_| {});
+    let mut romeo = e.login("romeo", DOMAIN);
+    let juliet = e.login("juliet", DOMAIN);
+    let mut rtts = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        let sid = format!("rtt-{i}");
+        let (_r, _t) = pair(e.proxy, &sid, &romeo, &juliet);
+        let t0 = Instant::now();
+        let el = activate(&mut romeo, &sid, &juliet.jid);
+        rtts.push(t0.elapsed());
+        assert_result(&el);
+    }
+    rtts.sort();
+    let p = |q: f64| rtts[((rtts.len() as f64 * q) as usize).min(rtts.len() - 1)];
+    println!(
+        "activation RTT through Prosody over {} activations: p50 {:?}, p99 {:?}, max {:?}",
+        rtts.len(),
+        p(0.50),
+        p(0.99),
+        rtts[rtts.len() - 1]
+    );
+}

@@ -1,0 +1,171 @@
+//! A throwaway Prosody for one test: its own config, data, pidfile and log in a temp
+//! dir, 127.0.0.1 only, free ports chosen at run time; killed on drop.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The project's Prosody snippet; the test config includes it, so it is proven here.
+const SNIPPET: &str = include_str!("../../deploy/prosody/streamhost.cfg.lua");
+
+pub const DOMAIN: &str = "localhost";
+/// A second host whose users are outside the proxy's default access list.
+pub const OTHER_DOMAIN: &str = "elsewhere.localhost";
+pub const PROXY_JID: &str = "proxy.localhost";
+pub const SECRET: &str = "interop-secret-5f1c";
+
+pub struct Prosody {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub c2s_port: u16,
+    pub component_port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Prosody {
+    /// Writes the config, registers `users` (name, domain, password) and starts Prosody.
+    pub fn start(users: &[(&str, &str, &str)]) -> Prosody {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut p = Prosody {
+            dir,
+            child: None,
+            c2s_port: free_port(),
+            component_port: free_port(),
+        };
+        std::fs::create_dir_all(p.dir.path().join("data")).unwrap();
+        std::fs::write(p.config_path(), p.config()).unwrap();
+        for (user, host, password) in users {
+            let out = Command::new("prosodyctl")
+                .arg("--config")
+                .arg(p.config_path())
+                .args(["register", user, host, password])
+                .stdin(Stdio::null())
+                .output()
+                .expect("prosodyctl runs");
+            assert!(
+                out.status.success(),
+                "prosodyctl register {user}@{host}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        p.launch();
+        p
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("prosody.cfg.lua")
+    }
+
+    pub fn component_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.component_port)
+    }
+
+    fn config(&self) -> String {
+        let d = self.dir.path().display();
+        let snippet = SNIPPET
+            .replace("proxy.example.org", PROXY_JID)
+            .replace("CHANGE-ME", SECRET);
+        assert!(snippet.contains(&format!("Component \"{PROXY_JID}\"")));
+        assert!(snippet.contains(SECRET));
+        format!(
+            r#"
+run_as_root = true
+pidfile = "{d}/prosody.pid"
+data_path = "{d}/data"
+log = {{ info = "{d}/prosody.log" }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {c2s} }}
+component_interfaces = {{ "127.0.0.1" }}
+component_ports = {{ {comp} }}
+modules_enabled = {{ "roster", "saslauth", "disco", "ping", "posix" }}
+modules_disabled = {{ "s2s", "tls", "http", "offline" }}
+s2s_ports = {{ }}
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+authentication = "internal_plain"
+storage = "internal"
+
+VirtualHost "{DOMAIN}"
+
+{snippet}
+
+VirtualHost "{OTHER_DOMAIN}"
+"#,
+            c2s = self.c2s_port,
+            comp = self.component_port,
+        )
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("stdout.log")).unwrap();
+        let child = Command::new("prosody")
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("-F")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prosody starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for port in [self.c2s_port, self.component_port] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    panic!("prosody exited with {status}: {}", self.logs());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "prosody did not open port {port}: {}",
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Stops Prosody (SIGTERM, then SIGKILL after 5 s) and waits for it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg(child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops and starts again on the same ports with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn logs(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        format!("{}\n{}", read("stdout.log"), read("prosody.log"))
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
