@@ -1,0 +1,255 @@
+//! Command-line interface.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "streamhost-loadtest",
+    version,
+    about = "Load generator for the streamhost XEP-0065 proxy: SOCKS5 on both halves, \
+             activation over XMPP, every byte verified, figures as ratios to direct TCP.",
+    after_help = "With no command, runs `quick`: spawns the proxy with the embedded XMPP \
+                  server, a short mixed load, then bulk with 1 pair, each against direct TCP."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Target an already running proxy at this SOCKS5 address instead of spawning one.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub proxy: Option<SocketAddr>,
+    /// The proxy binary to spawn [default: `streamhost` next to this executable].
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "proxy")]
+    pub proxy_bin: Option<PathBuf>,
+    /// A proxy config file to start from when spawning (listen and [component] are set here).
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "proxy")]
+    pub proxy_config: Option<PathBuf>,
+    /// Relay engine of the spawned proxy.
+    #[arg(long, global = true, value_parser = ["copy", "splice"], conflicts_with = "proxy")]
+    pub engine: Option<String>,
+    /// Worker threads of the spawned proxy.
+    #[arg(long, global = true, conflicts_with = "proxy")]
+    pub workers: Option<usize>,
+    /// relay.buffer_size of the spawned proxy (e.g. 64KiB, 1MiB).
+    #[arg(long, global = true, value_parser = parse_size, conflicts_with = "proxy")]
+    pub buffer_size: Option<u64>,
+    /// How activations reach the proxy: `embedded` (this program is the XMPP server the
+    /// proxy's component connects to) or `component:HOST:PORT:JID:SECRET` (connect to a
+    /// real XMPP server as component JID and send the activations from there), or
+    /// `in-process` (run streamhost's data plane inside this process and activate through
+    /// its API: no XMPP, no spawn; the generator and the proxy then share the cores).
+    #[arg(long, global = true, default_value = "embedded", value_parser = parse_xmpp)]
+    pub xmpp: XmppMode,
+    /// Where the embedded XMPP server listens (an external proxy must be configured with it).
+    #[arg(long, global = true, default_value = "127.0.0.1:0")]
+    pub xmpp_listen: SocketAddr,
+    /// The proxy's component JID.
+    #[arg(long, global = true, default_value = "proxy.localhost")]
+    pub proxy_jid: String,
+    /// The proxy's component secret (embedded server and spawned proxy).
+    #[arg(long, global = true, default_value = "streamhost-loadtest")]
+    pub secret: String,
+    /// Domain of the requester/target JIDs with the embedded server.
+    #[arg(long, global = true, default_value = "localhost")]
+    pub domain: String,
+    /// Skip the direct-TCP baseline (figures then have no ratio).
+    #[arg(long, global = true)]
+    pub no_baseline: bool,
+    /// Write report.json, report.md and SVG plots into this directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Overall time limit in seconds; no new work starts after it.
+    #[arg(long, global = true, default_value_t = 600)]
+    pub time_limit: u64,
+    /// Seconds a data socket may block before the run fails as stalled.
+    #[arg(long, global = true, default_value_t = 30)]
+    pub io_timeout: u64,
+    /// Seed of the data patterns and of the mixed schedule.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XmppMode {
+    Embedded,
+    InProcess,
+    Component {
+        server: SocketAddr,
+        jid: String,
+        secret: String,
+    },
+}
+
+pub fn parse_xmpp(s: &str) -> Result<XmppMode, String> {
+    if s == "embedded" {
+        return Ok(XmppMode::Embedded);
+    }
+    if s == "in-process" {
+        return Ok(XmppMode::InProcess);
+    }
+    let rest = s
+        .strip_prefix("component:")
+        .ok_or("expected `embedded`, `in-process` or `component:HOST:PORT:JID:SECRET`")?;
+    let mut it = rest.splitn(4, ':');
+    let (Some(h), Some(p), Some(jid), Some(secret)) = (it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err("expected component:HOST:PORT:JID:SECRET".into());
+    };
+    let server = format!("{h}:{p}")
+        .parse()
+        .map_err(|e| format!("bad server address {h}:{p}: {e}"))?;
+    if jid.is_empty() || secret.is_empty() {
+        return Err("component JID and secret must not be empty".into());
+    }
+    Ok(XmppMode::Component {
+        server,
+        jid: jid.into(),
+        secret: secret.into(),
+    })
+}
+
+/// `4GiB`, `64KiB`, `1MB`, `1000`: a byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let m: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        u => return Err(format!("unknown size unit {u:?} (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(m)
+        .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Cmd {
+    /// The main preset: short mixed load plus bulk with 1 pair, each against direct TCP.
+    Quick,
+    /// P pairs x B bytes; aggregate and per-pair Gbit/s.
+    Bulk(BulkArgs),
+    /// The bulk sender/receiver over plain loopback TCP only: the physical baseline.
+    Direct(BulkArgs),
+    /// N pair setups at concurrency C; setups/s and latency percentiles.
+    Setup(SetupArgs),
+    /// K activated pairs held S seconds; proxy RSS and fds.
+    Idle(IdleArgs),
+    /// Open-loop Poisson arrivals with heavy-tailed sizes; goodput and latency.
+    Mixed(MixedArgs),
+    /// Compare two report.json files (ratio B/A per figure).
+    Compare { a: PathBuf, b: PathBuf },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BulkArgs {
+    /// Pair counts to run, e.g. 1,2,4,8 (one run each: throughput vs pairs).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub pairs: Vec<usize>,
+    /// Bytes per pair and direction.
+    #[arg(long, value_parser = parse_size, default_value = "4GiB")]
+    pub bytes: u64,
+    /// Send both ways at once.
+    #[arg(long)]
+    pub both_ways: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SetupArgs {
+    #[arg(long, default_value_t = 2000)]
+    pub count: usize,
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    #[arg(long, value_parser = parse_size, default_value = "1KiB")]
+    pub payload: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IdleArgs {
+    /// Pairs to hold (two fds each here and in the proxy; at most ~9000).
+    #[arg(long, default_value_t = 1000)]
+    pub pairs: usize,
+    /// Seconds to hold them.
+    #[arg(long, default_value_t = 10)]
+    pub hold: u64,
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MixedArgs {
+    /// Arrivals per second (Poisson).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of arrivals.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Median size (lognormal).
+    #[arg(long, value_parser = parse_size, default_value = "16KiB")]
+    pub median: u64,
+    /// Lognormal sigma: 2 gives many small transfers and a few huge ones.
+    #[arg(long, default_value_t = 2.0)]
+    pub sigma: f64,
+    #[arg(long, value_parser = parse_size, default_value = "512")]
+    pub min: u64,
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub max: u64,
+    #[arg(long, default_value_t = 128)]
+    pub max_inflight: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("10"), Ok(10));
+        assert!(parse_size("3 furlongs").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn xmpp_modes_parse() {
+        assert_eq!(parse_xmpp("embedded"), Ok(XmppMode::Embedded));
+        assert_eq!(
+            parse_xmpp("component:127.0.0.1:5347:lt.localhost:se:cret"),
+            Ok(XmppMode::Component {
+                server: "127.0.0.1:5347".parse().unwrap(),
+                jid: "lt.localhost".into(),
+                secret: "se:cret".into()
+            })
+        );
+        assert!(parse_xmpp("component:127.0.0.1").is_err());
+        assert!(parse_xmpp("prosody").is_err());
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let c = Cli::try_parse_from(["x", "bulk", "--pairs", "1,2", "--no-baseline"]).unwrap();
+        assert!(c.common.no_baseline);
+        let Some(Cmd::Bulk(b)) = c.cmd else { panic!() };
+        assert_eq!(b.pairs, vec![1, 2]);
+        assert!(Cli::try_parse_from(["x", "--proxy", "127.0.0.1:1", "--engine", "copy"]).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! The figures of a run, as written to report.json and read back by `compare`.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub env: Env,
+    pub scenarios: Vec<ScenarioReport>,
+    /// Problems that made the run fail; empty when it passed.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Env {
+    pub kernel: String,
+    pub cores: usize,
+    pub nofile_limit: u64,
+    /// "spawned", "external ADDR" or "none (direct only)".
+    pub proxy: String,
+    pub proxy_engine: Option<String>,
+    pub proxy_config: Option<String>,
+    pub xmpp: String,
+    pub args: Vec<String>,
+    pub started_unix: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub params: Vec<(String, String)>,
+    pub figures: Vec<Figure>,
+    pub latencies: Vec<Latency>,
+    pub series: Vec<Series>,
+    pub wall_s: f64,
+}
+
+/// One number, with the same figure over direct TCP in the same run when there is one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Figure {
+    pub name: String,
+    pub unit: String,
+    pub value: f64,
+    pub direct: Option<f64>,
+    /// value / direct.
+    pub ratio: Option<f64>,
+    pub higher_is_better: bool,
+}
+
+impl Figure {
+    pub fn new(name: &str, unit: &str, value: f64, higher_is_better: bool) -> Self {
+        Figure {
+            name: name.into(),
+            unit: unit.into(),
+            value,
+            direct: None,
+            ratio: None,
+            higher_is_better,
+        }
+    }
+
+    pub fn with_direct(mut self, direct: Option<f64>) -> Self {
+        self.direct = direct;
+        self.ratio = direct.filter(|d| *d > 0.0).map(|d| self.value / d);
+        self
+    }
+}
+
+/// Latency percentiles in microseconds, and the CDF for plots.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    pub name: String,
+    /// "proxy" or "direct".
+    pub target: String,
+    pub count: u64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    /// (quantile 0..1, microseconds).
+    pub cdf: Vec<(f64, f64)>,
+}
+
+impl Latency {
+    pub fn from_histogram(name: &str, target: &str, h: &hdrhistogram::Histogram<u64>) -> Self {
+        let q = |x: f64| h.value_at_quantile(x) as f64;
+        let mut cdf = Vec::new();
+        for i in 0..=100 {
+            let x = i as f64 / 100.0;
+            cdf.push((x, q(x)));
+        }
+        for x in [0.995, 0.999, 0.9999] {
+            cdf.push((x, q(x)));
+        }
+        cdf.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Latency {
+            name: name.into(),
+            target: target.into(),
+            count: h.len(),
+            p50_us: q(0.5),
+            p90_us: q(0.9),
+            p99_us: q(0.99),
+            max_us: h.max() as f64,
+            cdf,
+        }
+    }
+}
+
+/// Points for a plot, e.g. aggregate Gbit/s against the number of pairs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Series {
+    pub name: String,
+    pub target: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A histogram of microseconds, 1 us to 10 min, 3 significant digits.
+pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+pub fn record(h: &mut hdrhistogram::Histogram<u64>, d: Duration) {
+    let us = (d.as_micros() as u64).clamp(1, 600_000_000);
+    h.record(us).expect("value within bounds");
+}
+
+pub fn gbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 * 8.0 / d.as_secs_f64().max(1e-9) / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_is_value_over_direct() {
+        let f = Figure::new("x", "Gbit/s", 3.0, true).with_direct(Some(4.0));
+        assert_eq!(f.ratio, Some(0.75));
+        assert_eq!(
+            Figure::new("x", "", 1.0, true).with_direct(None).ratio,
+            None
+        );
+    }
+
+    #[test]
+    fn latency_percentiles_from_histogram() {
+        let mut h = new_histogram();
+        for us in 1..=1000u64 {
+            record(&mut h, Duration::from_micros(us));
+        }
+        let l = Latency::from_histogram("done", "proxy", &h);
+        assert_eq!(l.count, 1000);
+        assert!((l.p50_us - 500.0).abs() <= 1.0, "{}", l.p50_us);
+        assert!((l.p99_us - 990.0).abs() <= 1.0);
+        assert_eq!(l.max_us, 1000.0);
+        assert!(l.cdf.windows(2).all(|w| w[0].1 <= w[1].1));
+    }
+
+    #[test]
+    fn gbps_of_a_gigabyte_per_second() {
+        assert!((gbps(1_000_000_000, Duration::from_secs(1)) - 8.0).abs() < 1e-9);
+    }
+}

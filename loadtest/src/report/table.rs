@@ -1,0 +1,173 @@
+//! The human-readable tables: plain text for the terminal, Markdown for report.md.
+
+use super::model::{Figure, Report};
+use std::fmt::Write;
+
+pub fn num(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn ratio(f: &Figure) -> String {
+    f.ratio
+        .map(|r| format!("{r:.2}x"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn rows(report: &Report, md: bool) -> String {
+    let mut o = String::new();
+    for s in &report.scenarios {
+        let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if md {
+            let _ = writeln!(
+                o,
+                "\n## {}\n\n{} ({:.1} s)\n",
+                s.name,
+                params.join(", "),
+                s.wall_s
+            );
+            let _ = writeln!(
+                o,
+                "| figure | proxy | direct | ratio | unit |\n|---|---:|---:|---:|---|"
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "\n== {} ({:.1} s): {}",
+                s.name,
+                s.wall_s,
+                params.join(", ")
+            );
+            let _ = writeln!(
+                o,
+                "  {:<34} {:>12} {:>12} {:>8}  unit",
+                "figure", "value", "direct", "ratio"
+            );
+        }
+        for f in &s.figures {
+            let d = f.direct.map(num).unwrap_or_else(|| "-".into());
+            if md {
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} |",
+                    f.name,
+                    num(f.value),
+                    d,
+                    ratio(f),
+                    f.unit
+                );
+            } else {
+                let _ = writeln!(
+                    o,
+                    "  {:<34} {:>12} {:>12} {:>8}  {}",
+                    f.name,
+                    num(f.value),
+                    d,
+                    ratio(f),
+                    f.unit
+                );
+            }
+        }
+        if !s.latencies.is_empty() {
+            if md {
+                let _ = writeln!(o, "\n| latency (us) | target | n | p50 | p90 | p99 | max |\n|---|---|---:|---:|---:|---:|---:|");
+            } else {
+                let _ = writeln!(
+                    o,
+                    "  {:<22} {:<7} {:>7} {:>10} {:>10} {:>10} {:>10}",
+                    "latency (us)", "target", "n", "p50", "p90", "p99", "max"
+                );
+            }
+            for l in &s.latencies {
+                if md {
+                    let _ = writeln!(
+                        o,
+                        "| {} | {} | {} | {} | {} | {} | {} |",
+                        l.name,
+                        l.target,
+                        l.count,
+                        num(l.p50_us),
+                        num(l.p90_us),
+                        num(l.p99_us),
+                        num(l.max_us)
+                    );
+                } else {
+                    let _ = writeln!(
+                        o,
+                        "  {:<22} {:<7} {:>7} {:>10} {:>10} {:>10} {:>10}",
+                        l.name,
+                        l.target,
+                        l.count,
+                        num(l.p50_us),
+                        num(l.p90_us),
+                        num(l.p99_us),
+                        num(l.max_us)
+                    );
+                }
+            }
+        }
+    }
+    o
+}
+
+fn env_lines(r: &Report) -> Vec<String> {
+    let e = &r.env;
+    vec![
+        format!("kernel: {}", e.kernel),
+        format!("cores: {}, open files limit: {}", e.cores, e.nofile_limit),
+        format!(
+            "proxy: {}{}",
+            e.proxy,
+            e.proxy_engine
+                .as_ref()
+                .map(|x| format!(", engine {x}"))
+                .unwrap_or_default()
+        ),
+        format!("xmpp: {}", e.xmpp),
+    ]
+}
+
+pub fn terminal(r: &Report) -> String {
+    let mut o = String::from("streamhost load test\n");
+    for l in env_lines(r) {
+        let _ = writeln!(o, "  {l}");
+    }
+    o.push_str(&rows(r, false));
+    if r.errors.is_empty() {
+        o.push_str("\nresult: PASS (every byte verified)\n");
+    } else {
+        let _ = writeln!(o, "\nresult: FAIL");
+        for e in &r.errors {
+            let _ = writeln!(o, "  error: {e}");
+        }
+    }
+    o
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut o = String::from("# streamhost load test\n\n");
+    for l in env_lines(r) {
+        let _ = writeln!(o, "- {l}");
+    }
+    let _ = writeln!(o, "- command: `{}`", r.env.args.join(" "));
+    o.push_str(&rows(r, true));
+    if let Some(cfg) = &r.env.proxy_config {
+        let _ = writeln!(o, "\n## Proxy config\n\n```toml\n{cfg}```");
+    }
+    if r.errors.is_empty() {
+        o.push_str("\n**Result: PASS** (every byte verified)\n");
+    } else {
+        o.push_str("\n**Result: FAIL**\n\n");
+        for e in &r.errors {
+            let _ = writeln!(o, "- {e}");
+        }
+    }
+    o
+}

@@ -1,0 +1,53 @@
+//! The real `streamhost` binary (built next to the generator by `cargo test --workspace`),
+//! spawned with a generated config, its component connected to the embedded XMPP server.
+//! Ignored until the control plane is wired into the binary (`streamhost --config` with a
+//! `[component]` section): whoever merges it should drop the `#[ignore]`.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> String {
+    let bin = streamhost_loadtest::proxy_proc::default_bin();
+    assert!(bin.is_file(), "{} not built", bin.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_streamhost-loadtest"))
+        .arg("--proxy-bin")
+        .arg(&bin)
+        .args(["--time-limit", "60", "--io-timeout", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("PASS") && stdout.contains("spawned"),
+        "{stdout}"
+    );
+    stdout
+}
+
+#[test]
+#[ignore = "needs the control plane in the streamhost binary"]
+fn every_scenario_against_the_spawned_proxy() {
+    for engine in ["copy", "splice"] {
+        let out = run(&[
+            "--engine",
+            engine,
+            "bulk",
+            "--pairs",
+            "1,2",
+            "--bytes",
+            "64MiB",
+            "--both-ways",
+        ]);
+        assert!(out.contains(&format!("engine {engine}")), "{out}");
+    }
+    run(&["setup", "--count", "300", "--concurrency", "8"]);
+    let out = run(&["idle", "--pairs", "300", "--hold", "1"]);
+    assert!(out.contains("proxy RSS per pair"), "{out}");
+    run(&["mixed", "--rate", "100", "--duration", "1", "--max", "8MiB"]);
+    let out = run(&["quick"]);
+    assert!(out.contains("== mixed") && out.contains("== bulk"), "{out}");
+}
