@@ -66,6 +66,10 @@ pub fn config_text(o: &SpawnOptions, listen: SocketAddr) -> anyhow::Result<Strin
     if let Some(w) = o.workers {
         t.insert("workers".into(), toml::Value::Integer(w as i64));
     }
+    // Every generated connection comes from one loopback address: unless the base config
+    // says otherwise, the per-address limit must not throttle the load.
+    t.entry("max_connections_per_ip")
+        .or_insert(toml::Value::Integer(0));
     let relay = t
         .entry("relay")
         .or_insert_with(|| toml::Value::Table(Default::default()));

@@ -1,7 +1,5 @@
 //! The real `streamhost` binary (built next to the generator by `cargo test --workspace`),
 //! spawned with a generated config, its component connected to the embedded XMPP server.
-//! Ignored until the control plane is wired into the binary (`streamhost --config` with a
-//! `[component]` section): whoever merges it should drop the `#[ignore]`.
 
 use std::process::Command;
 
@@ -29,7 +27,6 @@ fn run(args: &[&str]) -> String {
 }
 
 #[test]
-#[ignore = "needs the control plane in the streamhost binary"]
 fn every_scenario_against_the_spawned_proxy() {
     for engine in ["copy", "splice"] {
         let out = run(&[
