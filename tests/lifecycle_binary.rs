@@ -98,23 +98,36 @@ fn login(p: &Prosody, user: &str) -> Client {
     Client::login(p.c2s_port, user, DOMAIN, &format!("pw-{user}")).expect("login")
 }
 
-fn disco(c: &mut Client) -> El {
+fn try_disco(c: &mut Client) -> std::io::Result<El> {
     c.iq(
         "get",
         Some(PROXY_JID),
         "<query xmlns='http://jabber.org/protocol/disco#info'/>",
     )
-    .unwrap()
 }
 
-/// Polls disco#info until the proxy answers (its component is logged in).
-fn wait_component(c: &mut Client, secs: u64) {
+fn disco(c: &mut Client) -> El {
+    try_disco(c).unwrap()
+}
+
+/// Polls disco#info until the proxy answers (its component is logged in). Each try uses a
+/// fresh session of the `probe` user: while no component is logged in, Prosody may leave
+/// the IQ unanswered, and a session whose read timed out is not reused.
+fn wait_component(p: &Prosody, secs: u64) {
     let end = Instant::now() + Duration::from_secs(secs);
     loop {
-        if disco(c).attr("type") == Some("result") {
+        let answer = Client::login(p.c2s_port, "probe", DOMAIN, "pw-probe")
+            .and_then(|mut c| try_disco(&mut c));
+        if answer
+            .as_ref()
+            .is_ok_and(|r| r.attr("type") == Some("result"))
+        {
             return;
         }
-        assert!(Instant::now() < end, "the component never answered");
+        assert!(
+            Instant::now() < end,
+            "the component never answered: {answer:?}"
+        );
         thread::sleep(Duration::from_millis(200));
     }
 }
@@ -184,6 +197,7 @@ fn sigterm_drains_and_a_new_process_takes_over_the_port() {
     let prosody = Prosody::start(&[
         ("romeo", DOMAIN, "pw-romeo"),
         ("juliet", DOMAIN, "pw-juliet"),
+        ("probe", DOMAIN, "pw-probe"),
     ]);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -193,7 +207,7 @@ fn sigterm_drains_and_a_new_process_takes_over_the_port() {
     let juliet = login(&prosody, "juliet");
 
     let mut old = Proxy::spawn(&cfg);
-    wait_component(&mut romeo, 20);
+    wait_component(&prosody, 30);
     let (rs, ts) = active_pair(addr, "before-upgrade", &mut romeo, &juliet);
     let total = 48u64 << 20;
     let sender = paced_sender(rs, total, Duration::from_millis(20));
@@ -203,8 +217,10 @@ fn sigterm_drains_and_a_new_process_takes_over_the_port() {
     let _new = Proxy::spawn(&cfg);
     thread::sleep(Duration::from_millis(300));
     old.signal("-TERM");
-    // The old process left XMPP; the new one logs in and serves new transfers.
-    wait_component(&mut romeo, 40);
+    // The old process leaves XMPP and the SO_REUSEPORT group at once (give it a moment, so
+    // the probe below cannot be answered by the old component); the new one logs in.
+    thread::sleep(Duration::from_secs(1));
+    wait_component(&prosody, 60);
     let (rs2, ts2) = active_pair(addr, "after-upgrade", &mut romeo, &juliet);
     let s2 = paced_sender(rs2, 1 << 20, Duration::ZERO);
     check_receiver(ts2, 1 << 20).join().unwrap();
@@ -225,6 +241,7 @@ fn sighup_reloads_access_lists_without_dropping_a_relay() {
     let prosody = Prosody::start(&[
         ("romeo", DOMAIN, "pw-romeo"),
         ("juliet", DOMAIN, "pw-juliet"),
+        ("probe", DOMAIN, "pw-probe"),
     ]);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -233,7 +250,7 @@ fn sighup_reloads_access_lists_without_dropping_a_relay() {
     let mut romeo = login(&prosody, "romeo");
     let mut juliet = login(&prosody, "juliet");
     let proxy = Proxy::spawn(&cfg);
-    wait_component(&mut romeo, 20);
+    wait_component(&prosody, 30);
 
     let (rs, ts) = active_pair(addr, "during-reload", &mut romeo, &juliet);
     let total = 24u64 << 20;

@@ -64,7 +64,11 @@ impl Harness {
             );
             let mut cfg = match &c.proxy_config {
                 Some(p) => streamhost::Config::from_file(p)?,
-                None => streamhost::Config::default(),
+                // All load comes from one loopback address: no per-address limit.
+                None => streamhost::Config {
+                    max_connections_per_ip: 0,
+                    ..streamhost::Config::default()
+                },
             };
             cfg.listen = vec!["127.0.0.1:0".parse().expect("literal")];
             if let Some(w) = c.workers {
