@@ -90,8 +90,10 @@ impl Worker {
         let peer_fd = s.peer_fd;
         let bufs = self.bufs.as_ref().expect("copy engine has a buffer ring");
         let ptr = bufs.addr(bid, sent as usize);
+        // MSG_WAITALL: the kernel retries a short send itself instead of completing it,
+        // so a buffer costs one completion however small the peer's send buffer is.
         let e = opcode::Send::new(types::Fd(peer_fd), ptr, len - sent)
-            .flags(libc::MSG_NOSIGNAL)
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
             .build()
             .user_data(token(Op::Send, id.idx, id.gen));
         self.push_conn_op(id, e);
