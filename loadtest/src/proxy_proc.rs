@@ -110,7 +110,7 @@ impl ProxyProcess {
             .parse::<toml::Table>()
             .ok()
             .and_then(|t| t.get("relay")?.get("engine")?.as_str().map(String::from))
-            .unwrap_or_else(|| "copy (default)".into());
+            .unwrap_or_else(|| "splice (default)".into());
         let cfg = dir.path().join("streamhost.toml");
         std::fs::write(&cfg, &text)?;
         let log = dir.path().join("streamhost.log");

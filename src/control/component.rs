@@ -9,6 +9,7 @@
 
 use super::backoff::Backoff;
 use super::config::ControlSettings;
+use super::connector::NoDelayConnector;
 use super::service::{Action, Service};
 use super::telemetry::{is_activation, ActivationReply, ActivationSnapshot, ActivationStats};
 use super::Activator;
@@ -24,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
-use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
+use tokio_xmpp::connect::{DnsConfig, ServerConnector};
 use tokio_xmpp::xmlstream::{
     FallibleStreamElement, ReadError, StreamElementError, Timeouts, XmppStream, XmppStreamElement,
 };
@@ -186,7 +187,7 @@ pub fn spawn(
     })
 }
 
-type Stream = XmppStream<<TcpServerConnector as ServerConnector>::Stream>;
+type Stream = XmppStream<<NoDelayConnector as ServerConnector>::Stream>;
 
 async fn run(
     settings: ControlSettings,
@@ -254,7 +255,7 @@ async fn login(settings: &ControlSettings) -> Result<Stream, String> {
 }
 
 async fn login_at(settings: &ControlSettings, addr: &str) -> Result<Stream, String> {
-    let connector = TcpServerConnector::from(DnsConfig::addr(addr));
+    let connector = NoDelayConnector(DnsConfig::addr(addr));
     let jid = Jid::from(settings.jid.clone());
     let (mut pending, _) = connector
         .connect(&jid, xmpp_parsers::ns::COMPONENT, Timeouts::tight())

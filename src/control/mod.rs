@@ -12,6 +12,7 @@ pub mod acl;
 pub mod backoff;
 pub mod component;
 pub mod config;
+mod connector;
 pub mod service;
 #[cfg(test)]
 mod service_tests;
