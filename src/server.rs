@@ -99,7 +99,27 @@ impl Handle {
     /// async callers (wrap a oneshot sender in it). `done` must be quick.
     pub fn activate_then(&self, key: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>) {
         let owner = self.shared.router.owner(key);
-        self.shared.mailboxes[owner].send(Msg::Activate { key: *key, done });
+        self.shared.mailboxes[owner].send(Msg::Activate {
+            key: *key,
+            guard: None,
+            done,
+        });
+    }
+
+    /// Like `activate_then`; `guard` is kept until the relay ends (dropped at once if the
+    /// activation is refused), so a caller can count running relays with it.
+    pub fn activate_guarded(
+        &self,
+        key: &StreamKey,
+        guard: Box<dyn Send>,
+        done: Box<dyn FnOnce(ActivationOutcome) + Send>,
+    ) {
+        let owner = self.shared.router.owner(key);
+        self.shared.mailboxes[owner].send(Msg::Activate {
+            key: *key,
+            guard: Some(guard),
+            done,
+        });
     }
 
     /// Applies what can change while running (SIGHUP): the connection limits. Returns the

@@ -424,3 +424,39 @@ fn activation_rtt_through_prosody() {
         rtts[rtts.len() - 1]
     );
 }
+
+#[test]
+fn streams_per_account_are_limited_until_a_relay_ends() {
+    let e = env(|c| c.max_streams_per_jid = 1);
+    let mut romeo = e.login("romeo", DOMAIN);
+    let mut juliet = e.login("juliet", DOMAIN);
+    let (r1, t1) = pair(e.proxy, "limit-1", &romeo, &juliet);
+    assert_result(&activate(&mut romeo, "limit-1", &juliet.jid));
+    // A second running stream for romeo is over the limit; juliet is not affected.
+    let (_r2, _t2) = pair(e.proxy, "limit-2", &romeo, &juliet);
+    assert_error(
+        &activate(&mut romeo, "limit-2", &juliet.jid),
+        "resource-constraint",
+    );
+    let (r3, t3) = pair(e.proxy, "limit-3", &juliet, &romeo);
+    assert_result(&activate(&mut juliet, "limit-3", &romeo.jid));
+    exchange(&r3, &t3, 4096, 3);
+    // When romeo's relay ends, his slot comes back.
+    exchange(&r1, &t1, 4096, 5);
+    drop((r1, t1));
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let sid = format!("limit-again-{n}");
+        let (r, t) = pair(e.proxy, &sid, &romeo, &juliet);
+        let res = activate(&mut romeo, &sid, &juliet.jid);
+        if res.attr("type") == Some("result") {
+            exchange(&r, &t, 4096, 7);
+            break;
+        }
+        assert_error(&res, "resource-constraint");
+        assert!(Instant::now() < end, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -11,6 +11,7 @@ use super::backoff::Backoff;
 use super::config::ControlSettings;
 use super::connector::NoDelayConnector;
 use super::service::{Action, Service};
+use super::stream_limit::StreamsPerJid;
 use super::telemetry::{is_activation, ActivationReply, ActivationSnapshot, ActivationStats};
 use super::Activator;
 use futures::stream::FuturesUnordered;
@@ -197,6 +198,8 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::component();
+    // Outlives reconnects: relays keep their slots while the link is re-established.
+    let limit = StreamsPerJid::new(settings.max_streams_per_jid);
     loop {
         shared.set(ConnState::Connecting);
         let login = tokio::select! {
@@ -212,7 +215,17 @@ async fn run(
                 backoff.reset();
                 info!(server = %settings.server, jid = %settings.jid, "component connected");
                 let stats = &shared.activations;
-                match serve(stream, &service, &*activator, &settings, stats, &mut stop).await {
+                match serve(
+                    stream,
+                    &service,
+                    &*activator,
+                    &settings,
+                    stats,
+                    &limit,
+                    &mut stop,
+                )
+                .await
+                {
                     End::Stopped => break,
                     End::Lost(why) => {
                         warn!(server = %settings.server, "component link lost: {why}")
@@ -303,6 +316,7 @@ async fn serve(
     activator: &dyn Activator,
     settings: &ControlSettings,
     stats: &Arc<ActivationStats>,
+    limit: &Arc<StreamsPerJid>,
     stop: &mut watch::Receiver<bool>,
 ) -> End {
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
@@ -332,7 +346,7 @@ async fn serve(
                         }
                         Action::Activate(a) => {
                             let t = activation.unwrap_or_else(Instant::now);
-                            pending.push(activate(activator, a, t, stats.clone()));
+                            pending.push(activate(activator, a, t, stats.clone(), limit));
                             None
                         }
                     }
@@ -392,10 +406,17 @@ fn activate(
     a: super::service::Activation,
     received: Instant,
     stats: Arc<ActivationStats>,
+    limit: &Arc<StreamsPerJid>,
 ) -> Pending {
+    let Some(slot) = limit.try_acquire(&a.requester) else {
+        let reply = a.over_limit();
+        stats.record(received.elapsed(), ActivationReply::of(&reply));
+        return Box::pin(async move { reply });
+    };
     let (tx, rx) = oneshot::channel();
-    activator.activate_then(
+    activator.activate_guarded(
         &a.key,
+        Box::new(slot),
         Box::new(move |outcome| {
             let _ = tx.send(outcome);
         }),
@@ -480,7 +501,13 @@ mod tests {
             .unwrap();
         let stats = Arc::new(ActivationStats::default());
         let start = std::time::Instant::now();
-        let st = rt.block_on(activate(&activator, activation(), start, stats.clone()));
+        let st = rt.block_on(activate(
+            &activator,
+            activation(),
+            start,
+            stats.clone(),
+            &StreamsPerJid::new(0),
+        ));
         assert!(start.elapsed() < Duration::from_secs(1));
         let el = match st {
             Stanza::Iq(iq) => iq.into(),

@@ -51,6 +51,9 @@ pub struct ControlConfig {
     /// Server domains whose users are served when `access.allow` is empty; default: the
     /// component JID's parent domain.
     pub domains: Vec<String>,
+    /// Relays one requester (bare JID) may have running at once; 0 = no limit. Over it,
+    /// activation answers resource-constraint (ejabberd's max_connections).
+    pub max_streams_per_jid: u32,
     pub access: AccessConfig,
 }
 
@@ -72,6 +75,7 @@ impl Default for ControlConfig {
             name: "SOCKS5 Bytestreams Service".into(),
             advertise: Vec::new(),
             domains: Vec::new(),
+            max_streams_per_jid: 0,
             access: AccessConfig::default(),
         }
     }
@@ -94,6 +98,7 @@ pub struct ControlSettings {
     pub streamhosts: Vec<Streamhost>,
     pub domains: Vec<String>,
     pub acl: Acl,
+    pub max_streams_per_jid: u32,
 }
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -162,6 +167,7 @@ impl ControlConfig {
             streamhosts,
             domains,
             acl,
+            max_streams_per_jid: self.max_streams_per_jid,
         })
     }
 

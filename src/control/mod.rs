@@ -16,6 +16,7 @@ mod connector;
 pub mod service;
 #[cfg(test)]
 mod service_tests;
+pub mod stream_limit;
 pub mod telemetry;
 
 use crate::key::StreamKey;
@@ -29,10 +30,37 @@ pub use config::{ControlConfig, ControlSettings};
 /// outcome through a callback (which must be quick; it may run on another thread).
 pub trait Activator: Send + Sync {
     fn activate_then(&self, key: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>);
+
+    /// Like `activate_then`, and `guard` lives as long as the relay runs (it is dropped at
+    /// once if activation is refused): the per-account stream limit counts with it.
+    fn activate_guarded(
+        &self,
+        key: &StreamKey,
+        guard: Box<dyn Send>,
+        done: Box<dyn FnOnce(ActivationOutcome) + Send>,
+    ) {
+        // Stand-ins without relays hold the guard until they answer.
+        self.activate_then(
+            key,
+            Box::new(move |o| {
+                drop(guard);
+                done(o)
+            }),
+        )
+    }
 }
 
 impl Activator for Handle {
     fn activate_then(&self, key: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>) {
         Handle::activate_then(self, key, done)
+    }
+
+    fn activate_guarded(
+        &self,
+        key: &StreamKey,
+        guard: Box<dyn Send>,
+        done: Box<dyn FnOnce(ActivationOutcome) + Send>,
+    ) {
+        Handle::activate_guarded(self, key, guard, done)
     }
 }

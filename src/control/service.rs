@@ -80,10 +80,20 @@ impl ReplyTo {
 #[derive(Debug)]
 pub struct Activation {
     pub key: StreamKey,
+    /// The requester's bare JID, for the per-account stream limit.
+    pub requester: BareJid,
     reply: ReplyTo,
 }
 
 impl Activation {
+    /// The reply when the requester already has its maximum of streams running.
+    pub fn over_limit(self) -> Stanza {
+        self.reply.error(
+            DefinedCondition::ResourceConstraint,
+            "too many streams running for this account",
+        )
+    }
+
     /// The IQ reply for the data plane's outcome.
     pub fn reply(self, outcome: ActivationOutcome) -> Stanza {
         use DefinedCondition as C;
@@ -317,7 +327,12 @@ impl Service {
         // Both JIDs normalised by the jid crate (nodeprep/nameprep/resourceprep), the
         // requester as the server stamped it.
         let key = StreamKey::from_parts(sid, r.peer.as_str(), target.as_str());
-        Action::Activate(Activation { key, reply: r })
+        let requester = r.peer.to_bare();
+        Action::Activate(Activation {
+            key,
+            requester,
+            reply: r,
+        })
     }
 }
 

@@ -19,6 +19,8 @@ pub(crate) enum Msg {
     },
     Activate {
         key: StreamKey,
+        /// Kept while the relay runs (see `Handle::activate_guarded`).
+        guard: Option<Box<dyn Send>>,
         done: Box<dyn FnOnce(ActivationOutcome) + Send>,
     },
     /// Stop accepting and close every connection that is not relaying; running relays

@@ -78,6 +78,8 @@ pub(crate) struct Worker {
     accept_rearm: Vec<usize>,
     msgs: Vec<Msg>,
     expired: Vec<ConnId>,
+    /// Guards of running relays by key, dropped when the relay ends.
+    guards: std::collections::HashMap<crate::key::StreamKey, Box<dyn Send>>,
 }
 
 impl Worker {
@@ -113,6 +115,7 @@ impl Worker {
             accept_rearm: Vec::new(),
             msgs: Vec::new(),
             expired: Vec::new(),
+            guards: Default::default(),
             shared,
         })
     }
@@ -245,7 +248,7 @@ impl Worker {
                     key,
                     prefix,
                 } => self.handed_off(fd, src, key, &prefix.0[..prefix.1 as usize]),
-                Msg::Activate { key, done } => self.activate(key, done),
+                Msg::Activate { key, guard, done } => self.activate(key, guard, done),
                 Msg::Drain => self.drain(),
                 Msg::Shutdown => self.stopping = true,
             }

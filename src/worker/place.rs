@@ -115,6 +115,7 @@ impl Worker {
     pub(super) fn activate(
         &mut self,
         key: StreamKey,
+        guard: Option<Box<dyn Send>>,
         done: Box<dyn FnOnce(ActivationOutcome) + Send>,
     ) {
         if self.stopping || self.draining {
@@ -139,6 +140,9 @@ impl Worker {
                             self.ring.push(e);
                         }
                     }
+                }
+                if let Some(g) = guard {
+                    self.guards.insert(key, g);
                 }
                 done(ActivationOutcome::Activated);
                 self.start_relay(key, first, second);

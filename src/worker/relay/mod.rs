@@ -59,6 +59,7 @@ impl Worker {
         second: ConnId,
     ) {
         self.table.finish(&key);
+        self.guards.remove(&key);
         self.stats().relays_active.fetch_sub(1, Relaxed);
         self.stats().relays_finished.fetch_add(1, Relaxed);
         for id in [first, second] {
@@ -117,6 +118,7 @@ impl Worker {
             (peer_bytes, bytes)
         };
         self.table.finish(&key);
+        self.guards.remove(&key);
         self.stats().relays_active.fetch_sub(1, Relaxed);
         self.stats().relays_finished.fetch_add(1, Relaxed);
         tracing::info!(
