@@ -15,16 +15,6 @@ use streamhost::ActivationOutcome;
 const PAIRS: u64 = 8_000;
 const ROLE: &str = "STREAMHOST_IDLE_CLIENT_ADDR";
 
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// The client role: opens both halves of every pair, says so, then waits for stdin to close.
 #[test]
 fn idle_client_role() {

@@ -172,22 +172,12 @@ fn halves_accepted_on_different_cores_meet_on_the_owner() {
     assert_eq!(s.activations, 40);
 }
 
-fn vm_rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn slow_receiver_slows_its_sender_with_bounded_memory() {
     for engine in [Engine::Copy, Engine::Splice] {
         let (h, addr) = start(config(engine));
         let (a, b) = active_pair(&h, addr, 12);
-        let before = vm_rss_kib();
+        let before = rss_kib();
         let total: u64 = 256 << 20;
         let sender = thread::spawn(move || {
             a.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -196,7 +186,7 @@ fn slow_receiver_slows_its_sender_with_bounded_memory() {
         // The receiver reads nothing for a while: the sender must stall.
         thread::sleep(Duration::from_millis(1500));
         let relayed = h.stats().bytes_first_to_second;
-        let grown_mib = vm_rss_kib().saturating_sub(before) / 1024;
+        let grown_mib = rss_kib().saturating_sub(before) / 1024;
         assert!(
             relayed < 64 << 20,
             "{engine:?}: {relayed} bytes went into a stalled receiver"

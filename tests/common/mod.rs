@@ -151,3 +151,14 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
         }
     }
 }
+
+/// This process's resident set size in KiB (from /proc/self/status).
+pub fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
