@@ -143,7 +143,7 @@ impl Handle {
         if old.worker_count() != new.worker_count() {
             restart.push("workers");
         }
-        if format!("{:?}", old.relay) != format!("{:?}", new.relay) {
+        if old.relay != new.relay {
             restart.push("relay");
         }
         if (

@@ -58,12 +58,13 @@ pub(crate) struct Hs {
 /// What follows the final SOCKS5 reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AfterReply {
-    Wait,
+    /// Placed in the table under this key: wait for the peer / activation.
+    Wait(StreamKey),
+    /// Refused: close once the reply is out.
     Close,
 }
 
 pub(crate) struct Reply {
-    pub key: StreamKey,
     pub bytes: [u8; 64],
     pub len: usize,
     pub sent: usize,

@@ -113,7 +113,7 @@ impl Worker {
                 if unsent.is_empty() {
                     self.close(id, CloseKind::Graceful);
                 } else {
-                    self.start_reply(id, None, unsent, AfterReply::Close);
+                    self.start_reply(id, unsent, AfterReply::Close);
                 }
             }
             Step::Done(key) => {
@@ -145,17 +145,23 @@ impl Worker {
     }
 
     fn arm_hs_send(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get_mut(id) else {
+        let Some(c) = self.conns.get(id) else {
             return;
         };
         let Phase::Handshake(hs) = &c.phase else {
             return;
         };
         let rest = &hs.out[hs.sent..];
-        let e = opcode::Send::new(types::Fd(c.fd), rest.as_ptr(), rest.len() as u32)
+        let (fd, ptr, len) = (c.fd, rest.as_ptr(), rest.len());
+        self.push_small_send(id, Op::HsSend, fd, ptr, len);
+    }
+
+    /// A send of handshake bytes the connection owns (they stay put until it completes).
+    fn push_small_send(&mut self, id: ConnId, op: Op, fd: RawFd, ptr: *const u8, len: usize) {
+        let e = opcode::Send::new(types::Fd(fd), ptr, len as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()
-            .user_data(token(Op::HsSend, id.idx, id.gen));
+            .user_data(token(op, id.idx, id.gen));
         self.push_conn_op(id, e);
     }
 
@@ -182,19 +188,11 @@ impl Worker {
     }
 
     /// Sends a final reply (success or refusal) from the key's owner, then waits or closes.
-    pub(super) fn start_reply(
-        &mut self,
-        id: ConnId,
-        key: Option<crate::key::StreamKey>,
-        bytes: &[u8],
-        then: AfterReply,
-    ) {
+    pub(super) fn start_reply(&mut self, id: ConnId, bytes: &[u8], then: AfterReply) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         let mut r = Box::new(Reply {
-            key: key
-                .unwrap_or_else(|| crate::key::StreamKey::parse_hex(&[b'0'; 40]).expect("zeros")),
             bytes: [0; 64],
             len: bytes.len().min(64),
             sent: 0,
@@ -214,11 +212,8 @@ impl Worker {
             return;
         };
         let rest = &r.bytes[r.sent..r.len];
-        let e = opcode::Send::new(types::Fd(c.fd), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(token(Op::Reply, id.idx, id.gen));
-        self.push_conn_op(id, e);
+        let (fd, ptr, len) = (c.fd, rest.as_ptr(), rest.len());
+        self.push_small_send(id, Op::Reply, fd, ptr, len);
     }
 
     pub(super) fn on_reply_sent(&mut self, id: ConnId, res: i32) {
@@ -229,14 +224,14 @@ impl Worker {
             return;
         };
         if res < 0 {
-            let key = r.key;
-            let then = r.then;
-            let activated = r.activated;
-            if then == AfterReply::Wait && activated.is_none() {
-                self.table.remove(&key, id);
-            }
-            if let Some((first, second)) = activated {
-                self.abort_activation(key, first, second);
+            match (r.then, r.activated) {
+                (AfterReply::Wait(key), Some((first, second))) => {
+                    self.abort_activation(key, first, second)
+                }
+                (AfterReply::Wait(key), None) => {
+                    self.table.remove(&key, id);
+                }
+                (AfterReply::Close, _) => {}
             }
             self.close(id, CloseKind::Graceful);
             return;
@@ -248,13 +243,11 @@ impl Worker {
         }
         match (r.then, r.activated) {
             (AfterReply::Close, _) => self.close(id, CloseKind::Graceful),
-            (AfterReply::Wait, Some((first, second))) => {
-                let key = r.key;
+            (AfterReply::Wait(key), Some((first, second))) => {
                 c.phase = Phase::Waiting { key };
                 self.start_relay(key, first, second);
             }
-            (AfterReply::Wait, None) => {
-                let key = r.key;
+            (AfterReply::Wait(key), None) => {
                 c.phase = Phase::Waiting { key };
                 self.arm_wait_poll(id);
             }

@@ -188,8 +188,7 @@ impl Worker {
                     Op::WaitPoll => self.on_wait_poll(id, res),
                     Op::Recv => self.copy_on_recv(id, res, flags),
                     Op::Send => self.copy_on_send(id, res),
-                    Op::PollIn => self.splice_on_ready(id, res, false),
-                    Op::PollOut => self.splice_on_ready(id, res, true),
+                    Op::PollIn | Op::PollOut => self.splice_on_ready(id, res),
                     Op::Accept | Op::Wake | Op::Tick | Op::Cancel => unreachable!(),
                 }
             }

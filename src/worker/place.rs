@@ -51,7 +51,7 @@ impl Worker {
                 }
                 let r = success_reply(&key);
                 bytes[prefix.len()..prefix.len() + r.len()].copy_from_slice(&r);
-                (prefix.len() + r.len(), AfterReply::Wait)
+                (prefix.len() + r.len(), AfterReply::Wait(key))
             }
             Insert::Refused(why) => {
                 self.stats().refuse(why);
@@ -60,7 +60,7 @@ impl Worker {
                 (prefix.len() + r.len(), AfterReply::Close)
             }
         };
-        self.start_reply(id, Some(key), &bytes[..len], then);
+        self.start_reply(id, &bytes[..len], then);
     }
 
     pub(super) fn arm_wait_poll(&mut self, id: ConnId) {

@@ -31,7 +31,8 @@ impl Worker {
         self.push_conn_op(id, e);
     }
 
-    pub(in crate::worker) fn splice_on_ready(&mut self, id: ConnId, res: i32, _out: bool) {
+    /// Either poll fired (readable, or the peer writable): move what can move now.
+    pub(in crate::worker) fn splice_on_ready(&mut self, id: ConnId, res: i32) {
         if res < 0 {
             self.fail(id, -res);
             return;
