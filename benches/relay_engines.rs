@@ -2,27 +2,17 @@
 //! splice: pipe size): 16 MiB per iteration through one activated pair, fed by a sender
 //! thread, drained by the measuring thread.
 
+mod support;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+
 use std::sync::mpsc;
 use std::thread;
 use streamhost::config::{Config, Engine};
 use streamhost::{ActivationOutcome, Server, StreamKey};
 
 const PER_ITER: usize = 16 << 20;
-
-fn half(addr: SocketAddr, key: &StreamKey) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let mut req = vec![5, 1, 0, 5, 1, 0, 3, 40];
-    req.extend_from_slice(key.as_bytes());
-    req.extend_from_slice(&[0, 0]);
-    s.write_all(&req).unwrap();
-    let mut reply = [0u8; 49];
-    s.read_exact(&mut reply).unwrap();
-    assert_eq!(&reply[..4], &[5, 0, 5, 0]);
-    s
-}
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("relay one pair");
@@ -41,8 +31,8 @@ fn bench(c: &mut Criterion) {
             let h = Server::start(cfg).unwrap();
             let addr = h.local_addrs()[0];
             let k = StreamKey::from_parts("bench", "a@b/c", "d@e/f");
-            let mut rx = half(addr, &k);
-            let mut tx = half(addr, &k);
+            let mut rx = support::half(addr, &k);
+            let mut tx = support::half(addr, &k);
             assert_eq!(h.activate(&k), ActivationOutcome::Activated);
             let (go, orders) = mpsc::channel::<usize>();
             let sender = thread::spawn(move || {

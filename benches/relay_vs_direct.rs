@@ -4,8 +4,10 @@
 //!
 //! `cargo bench --bench relay_vs_direct` (env: RELAY_BENCH_GIB to change the volume).
 
+mod support;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 use streamhost::config::{Config, Engine};
@@ -84,18 +86,6 @@ fn direct_pairs(pairs: usize) -> Vec<(TcpStream, TcpStream)> {
         .collect()
 }
 
-fn half(addr: SocketAddr, key: &StreamKey) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let mut req = vec![5, 1, 0, 5, 1, 0, 3, 40];
-    req.extend_from_slice(key.as_bytes());
-    req.extend_from_slice(&[0, 0]);
-    s.write_all(&req).unwrap();
-    let mut reply = [0u8; 49];
-    s.read_exact(&mut reply).unwrap();
-    assert_eq!(&reply[..4], &[5, 0, 5, 0]);
-    s
-}
-
 fn proxied(engine: Engine, workers: usize, pairs: usize, bytes: u64) -> f64 {
     let mut c = Config {
         workers,
@@ -124,8 +114,8 @@ fn proxied(engine: Engine, workers: usize, pairs: usize, bytes: u64) -> f64 {
     let conns = (0..pairs)
         .map(|i| {
             let k = StreamKey::from_parts(&format!("bench{i}"), "a@b/c", "d@e/f");
-            let rx = half(addr, &k);
-            let tx = half(addr, &k);
+            let rx = support::half(addr, &k);
+            let tx = support::half(addr, &k);
             assert_eq!(h.activate(&k), streamhost::ActivationOutcome::Activated);
             (tx, rx)
         })

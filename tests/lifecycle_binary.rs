@@ -192,8 +192,16 @@ fn check_receiver(mut s: TcpStream, total: u64) -> thread::JoinHandle<()> {
     })
 }
 
-#[test]
-fn sigterm_drains_and_a_new_process_takes_over_the_port() {
+/// A Prosody with the test users and a proxy config for a free port (not started yet).
+struct Setup {
+    prosody: Prosody,
+    dir: tempfile::TempDir,
+    port: u16,
+    cfg: PathBuf,
+    addr: SocketAddr,
+}
+
+fn setup() -> Setup {
     let prosody = Prosody::start(&[
         ("romeo", DOMAIN, "pw-romeo"),
         ("juliet", DOMAIN, "pw-juliet"),
@@ -202,7 +210,26 @@ fn sigterm_drains_and_a_new_process_takes_over_the_port() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config(dir.path(), &prosody, port, &[]);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    Setup {
+        prosody,
+        dir,
+        port,
+        cfg,
+        addr,
+    }
+}
+
+#[test]
+fn sigterm_drains_and_a_new_process_takes_over_the_port() {
+    // `_dir` keeps the config directory alive until the end of the test.
+    let Setup {
+        prosody,
+        dir: _dir,
+        cfg,
+        addr,
+        ..
+    } = setup();
     let mut romeo = login(&prosody, "romeo");
     let juliet = login(&prosody, "juliet");
 
@@ -238,15 +265,13 @@ fn sigterm_drains_and_a_new_process_takes_over_the_port() {
 
 #[test]
 fn sighup_reloads_access_lists_without_dropping_a_relay() {
-    let prosody = Prosody::start(&[
-        ("romeo", DOMAIN, "pw-romeo"),
-        ("juliet", DOMAIN, "pw-juliet"),
-        ("probe", DOMAIN, "pw-probe"),
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), &prosody, port, &[]);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let Setup {
+        prosody,
+        dir,
+        port,
+        cfg,
+        addr,
+    } = setup();
     let mut romeo = login(&prosody, "romeo");
     let mut juliet = login(&prosody, "juliet");
     let proxy = Proxy::spawn(&cfg);
