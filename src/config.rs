@@ -71,6 +71,10 @@ pub struct Config {
     /// Require SOCKS5 username/password (RFC 1929) when present.
     pub socks5_auth: Option<Socks5Auth>,
     pub relay: RelayConfig,
+    /// Bandwidth shaping (token buckets); off by default.
+    pub shaping: crate::shaping::ShapingConfig,
+    /// Daily byte quotas per requester account / domain; off by default.
+    pub quota: crate::shaping::QuotaConfig,
     /// The XEP-0114 component (control plane); absent: data plane only.
     pub component: Option<crate::control::ControlConfig>,
     pub metrics: MetricsConfig,
@@ -118,6 +122,8 @@ impl Default for Config {
             drain_timeout: 300,
             socks5_auth: None,
             relay: RelayConfig::default(),
+            shaping: Default::default(),
+            quota: Default::default(),
             component: None,
             metrics: MetricsConfig::default(),
         }
@@ -150,7 +156,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         problem: problem.into(),
@@ -291,6 +297,8 @@ impl Config {
         if r.pipes_per_worker == 0 || r.pipes_per_worker > 65536 {
             return Err(invalid("relay.pipes_per_worker", "must be 1 to 65536"));
         }
+        self.shaping.validate()?;
+        self.quota.validate()?;
         if let Some(m) = self.metrics.listen {
             if m.port() == 0 {
                 return Err(invalid("metrics.listen", "needs a fixed port (not 0)"));

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod metrics;
 pub mod rendezvous;
 pub mod server;
+pub mod shaping;
 pub mod socks5;
 pub mod stats;
 mod worker;

@@ -194,8 +194,8 @@ fn reload(
     }
     match (new.component.as_ref(), control) {
         (Some(c), Some(ctl)) => match c.resolve(handle.local_addrs()) {
-            Ok(s) => ctl.set_acl(s.acl),
-            Err(e) => tracing::error!("SIGHUP: keeping the running access lists: {e}"),
+            Ok(s) => ctl.reload(&s),
+            Err(e) => tracing::error!("SIGHUP: keeping the running [component] settings: {e}"),
         },
         (None, None) => {}
         _ => tracing::warn!("SIGHUP: adding or removing [component] needs a restart"),

@@ -21,6 +21,9 @@ pub enum ActivationOutcome {
     AlreadyActive,
     /// The data plane is shutting down: XMPP service-unavailable / resource-constraint.
     ShuttingDown,
+    /// The requester's account or domain used its daily byte quota: XMPP
+    /// resource-constraint.
+    QuotaUsed,
 }
 
 /// What `activate` hands the driver.

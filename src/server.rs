@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::key::{KeyRouter, StreamKey};
 use crate::rendezvous::ActivationOutcome;
+use crate::shaping::Shaping;
 use crate::stats::{Stats, WorkerStats};
 use crate::worker::listen::bind_shards;
 use crate::worker::mailbox::{Mailbox, Msg};
@@ -21,7 +22,12 @@ pub struct Handle {
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
+    /// Saves the quota counts now and then, and once more when the workers have stopped.
+    flusher: Option<crate::shaping::Flusher>,
 }
+
+/// How often the daily quota counts are written to their store.
+const QUOTA_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Server {
     /// Validates the config, binds every listener shard and starts one worker thread per
@@ -32,6 +38,7 @@ impl Server {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let workers = config.worker_count();
         let (shards, addrs) = bind_shards(&config.listen, workers, config.backlog)?;
+        let shaping = Shaping::new(&config.shaping, &config.quota)?;
         let mailboxes = (0..workers)
             .map(|_| Mailbox::new())
             .collect::<io::Result<Vec<_>>>()?;
@@ -49,6 +56,7 @@ impl Server {
                 config.connection_rate_per_ip,
                 config.connection_burst_per_ip,
             ),
+            shaping: shaping.clone(),
             config,
         });
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -56,6 +64,7 @@ impl Server {
             shared: shared.clone(),
             addrs,
             threads: Vec::new(),
+            flusher: shaping.spawn_flusher(QUOTA_FLUSH),
         };
         for (id, listeners) in shards.into_iter().enumerate() {
             let shared = shared.clone();
@@ -101,29 +110,40 @@ impl Handle {
         let owner = self.shared.router.owner(key);
         self.shared.mailboxes[owner].send(Msg::Activate {
             key: *key,
+            requester: None,
             guard: None,
             done,
         });
     }
 
-    /// Like `activate_then`; `guard` is kept until the relay ends (dropped at once if the
-    /// activation is refused), so a caller can count running relays with it.
-    pub fn activate_guarded(
+    /// Like `activate_then`, on behalf of `requester` (a bare JID: its account and domain
+    /// buckets and quotas apply). `guard` is kept until the relay ends (dropped at once if
+    /// the activation is refused), so a caller can count running relays with it.
+    pub fn activate_for(
         &self,
         key: &StreamKey,
+        requester: &str,
         guard: Box<dyn Send>,
         done: Box<dyn FnOnce(ActivationOutcome) + Send>,
     ) {
         let owner = self.shared.router.owner(key);
         self.shared.mailboxes[owner].send(Msg::Activate {
             key: *key,
+            requester: Some(requester.into()),
             guard: Some(guard),
             done,
         });
     }
 
-    /// Applies what can change while running (SIGHUP): the connection limits. Returns the
-    /// keys that differ but need a restart to take effect.
+    /// Bytes relayed today for a quota key ("jid:<bare jid>" or "domain:<domain>"), as
+    /// counted against the daily quotas (0 when there is no quota store).
+    pub fn quota_used_today(&self, key: &str) -> u64 {
+        self.shared.shaping.used_today(key)
+    }
+
+    /// Applies what can change while running (SIGHUP): the connection limits, shaping
+    /// rates and quotas (running streams too). Returns the keys that differ but need a
+    /// restart to take effect.
     pub fn reload(&self, new: &Config) -> Vec<&'static str> {
         use std::sync::atomic::Ordering::Relaxed;
         self.shared
@@ -135,8 +155,8 @@ impl Handle {
             new.connection_rate_per_ip,
             new.connection_burst_per_ip,
         );
+        let mut restart = self.shared.shaping.set(&new.shaping, &new.quota);
         let old = &self.shared.config;
-        let mut restart = Vec::new();
         if old.listen != new.listen {
             restart.push("listen");
         }
@@ -212,6 +232,8 @@ impl Handle {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // Last flush of the quota counts, now that no relay adds to them.
+        drop(self.flusher.take());
     }
 }
 

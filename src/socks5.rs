@@ -61,7 +61,9 @@ impl Refusal {
             | Refusal::MaxConnections
             | Refusal::MaxPending
             | Refusal::PerIpConnections
-            | Refusal::PerIpRate => Rep::GeneralFailure,
+            | Refusal::PerIpRate
+            // Refused over XMPP (activation) or by cutting a running stream.
+            | Refusal::Quota => Rep::GeneralFailure,
         }
     }
 }

@@ -39,10 +39,13 @@ pub enum Refusal {
     PerIpConnections,
     /// Too many new connections per second from one address or /64.
     PerIpRate,
+    /// The requester's account or domain used its daily byte quota: activation refused,
+    /// or a running stream cut.
+    Quota,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::BadVersion,
         Refusal::NoAcceptableMethod,
         Refusal::AuthFailed,
@@ -59,6 +62,7 @@ impl Refusal {
         Refusal::MaxPending,
         Refusal::PerIpConnections,
         Refusal::PerIpRate,
+        Refusal::Quota,
     ];
 
     /// A stable snake_case name for logs and metrics labels.
@@ -80,6 +84,7 @@ impl Refusal {
             Refusal::MaxPending => "max_pending",
             Refusal::PerIpConnections => "per_ip_connections",
             Refusal::PerIpRate => "per_ip_rate",
+            Refusal::Quota => "quota",
         }
     }
 }
@@ -109,6 +114,8 @@ pub struct WorkerStats {
     pub handoffs: AtomicU64,
     /// relay errors other than resets (a failed syscall, no buffer)
     pub relay_errors: AtomicU64,
+    /// times a relay direction waited for shaping tokens
+    pub shaping_waits: AtomicU64,
     pub refusals: [AtomicU64; REFUSALS],
 }
 
@@ -133,6 +140,7 @@ pub struct Stats {
     pub bytes_second_to_first: u64,
     pub handoffs: u64,
     pub relay_errors: u64,
+    pub shaping_waits: u64,
     pub refusals: Vec<(Refusal, u64)>,
 }
 
@@ -163,6 +171,7 @@ impl Stats {
                 .wrapping_add(w.bytes_second_to_first.load(Relaxed));
             s.handoffs = s.handoffs.wrapping_add(w.handoffs.load(Relaxed));
             s.relay_errors = s.relay_errors.wrapping_add(w.relay_errors.load(Relaxed));
+            s.shaping_waits = s.shaping_waits.wrapping_add(w.shaping_waits.load(Relaxed));
             for (i, r) in s.refusals.iter_mut().enumerate() {
                 r.1 += w.refusals[i].load(Relaxed);
             }

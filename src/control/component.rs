@@ -81,6 +81,8 @@ impl Shared {
 pub struct ControlHandle {
     shared: Arc<Shared>,
     acl: Arc<std::sync::RwLock<super::acl::Acl>>,
+    /// Outlives reconnects: relays keep their slots while the link is re-established.
+    limit: Arc<StreamsPerJid>,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -112,6 +114,13 @@ impl ControlHandle {
     /// Swaps the access lists (SIGHUP reload); the next IQ is checked against them.
     pub fn set_acl(&self, acl: super::acl::Acl) {
         *self.acl.write().unwrap_or_else(|e| e.into_inner()) = acl;
+    }
+
+    /// Applies what a SIGHUP may change: the access lists and `max_streams_per_jid`.
+    /// The link itself (server, secret, JID) needs a restart.
+    pub fn reload(&self, settings: &ControlSettings) {
+        self.set_acl(settings.acl.clone());
+        self.limit.set_max(settings.max_streams_per_jid);
     }
 
     pub fn state(&self) -> ConnState {
@@ -177,12 +186,15 @@ pub fn spawn(
     let sh = shared.clone();
     let service = Service::new(&settings);
     let acl = service.acl_handle();
+    let limit = StreamsPerJid::new(settings.max_streams_per_jid);
+    let lim = limit.clone();
     let thread = std::thread::Builder::new()
         .name("streamhost-xmpp".into())
-        .spawn(move || rt.block_on(run(settings, service, activator, sh, stop_rx)))?;
+        .spawn(move || rt.block_on(run(settings, service, activator, sh, lim, stop_rx)))?;
     Ok(ControlHandle {
         shared,
         acl,
+        limit,
         stop,
         thread: Some(thread),
     })
@@ -195,11 +207,10 @@ async fn run(
     service: Service,
     activator: Arc<dyn Activator>,
     shared: Arc<Shared>,
+    limit: Arc<StreamsPerJid>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::component();
-    // Outlives reconnects: relays keep their slots while the link is re-established.
-    let limit = StreamsPerJid::new(settings.max_streams_per_jid);
     loop {
         shared.set(ConnState::Connecting);
         let login = tokio::select! {
@@ -414,8 +425,10 @@ fn activate(
         return Box::pin(async move { reply });
     };
     let (tx, rx) = oneshot::channel();
-    activator.activate_guarded(
+    let requester = a.requester.to_string();
+    activator.activate_for(
         &a.key,
+        &requester,
         Box::new(slot),
         Box::new(move |outcome| {
             let _ = tx.send(outcome);

@@ -31,11 +31,13 @@ pub use config::{ControlConfig, ControlSettings};
 pub trait Activator: Send + Sync {
     fn activate_then(&self, key: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>);
 
-    /// Like `activate_then`, and `guard` lives as long as the relay runs (it is dropped at
+    /// Like `activate_then`, on behalf of `requester` (whose account and domain shaping
+    /// and quotas apply), and `guard` lives as long as the relay runs (it is dropped at
     /// once if activation is refused): the per-account stream limit counts with it.
-    fn activate_guarded(
+    fn activate_for(
         &self,
         key: &StreamKey,
+        _requester: &str,
         guard: Box<dyn Send>,
         done: Box<dyn FnOnce(ActivationOutcome) + Send>,
     ) {
@@ -55,12 +57,13 @@ impl Activator for Handle {
         Handle::activate_then(self, key, done)
     }
 
-    fn activate_guarded(
+    fn activate_for(
         &self,
         key: &StreamKey,
+        requester: &str,
         guard: Box<dyn Send>,
         done: Box<dyn FnOnce(ActivationOutcome) + Send>,
     ) {
-        Handle::activate_guarded(self, key, guard, done)
+        Handle::activate_for(self, key, requester, guard, done)
     }
 }

@@ -110,6 +110,10 @@ impl Activation {
             ActivationOutcome::ShuttingDown => {
                 r.error(C::ServiceUnavailable, "the proxy is shutting down")
             }
+            ActivationOutcome::QuotaUsed => r.error(
+                C::ResourceConstraint,
+                "the daily transfer quota of this account or its domain is used up",
+            ),
         }
     }
 

@@ -194,6 +194,10 @@ fn activation_outcomes_map_to_replies() {
             ActivationOutcome::ShuttingDown,
             Some(("cancel", "service-unavailable")),
         ),
+        (
+            ActivationOutcome::QuotaUsed,
+            Some(("wait", "resource-constraint")),
+        ),
     ];
     for (outcome, want) in cases {
         let Action::Activate(a) = s.handle(iq(&activate(Some("s1"), Some("juliet@example.org/b"))))

@@ -4,11 +4,13 @@
 
 use jid::BareJid;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+#[derive(Debug)]
 pub struct StreamsPerJid {
-    /// 0 = no limit.
-    max: u32,
+    /// 0 = no limit. SIGHUP may change it; running relays keep their slots.
+    max: AtomicU32,
     running: Mutex<HashMap<BareJid, u32>>,
 }
 
@@ -21,7 +23,7 @@ pub struct StreamSlot {
 impl StreamsPerJid {
     pub fn new(max: u32) -> Arc<StreamsPerJid> {
         Arc::new(StreamsPerJid {
-            max,
+            max: AtomicU32::new(max),
             running: Mutex::new(HashMap::new()),
         })
     }
@@ -30,7 +32,8 @@ impl StreamsPerJid {
     pub fn try_acquire(self: &Arc<Self>, jid: &BareJid) -> Option<StreamSlot> {
         let mut m = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let n = m.entry(jid.clone()).or_insert(0);
-        if self.max > 0 && *n >= self.max {
+        let max = self.max.load(Relaxed);
+        if max > 0 && *n >= max {
             return None;
         }
         *n += 1;
@@ -38,6 +41,12 @@ impl StreamsPerJid {
             owner: self.clone(),
             jid: jid.clone(),
         })
+    }
+
+    /// A new maximum (reload): applies to the next activation; running relays go on even
+    /// if an account now has more than the new maximum.
+    pub fn set_max(&self, max: u32) {
+        self.max.store(max, Relaxed);
     }
 
     /// Relays of `jid` counted as running.
@@ -78,6 +87,19 @@ mod tests {
         drop(a);
         assert_eq!(l.running(&romeo), 1);
         assert!(l.try_acquire(&romeo).is_some());
+    }
+
+    #[test]
+    fn a_new_maximum_applies_to_the_next_activation() {
+        let l = StreamsPerJid::new(1);
+        let romeo: BareJid = "romeo@example.org".parse().unwrap();
+        let _a = l.try_acquire(&romeo).unwrap();
+        assert!(l.try_acquire(&romeo).is_none());
+        l.set_max(3);
+        let _b = l.try_acquire(&romeo).unwrap();
+        l.set_max(1);
+        assert!(l.try_acquire(&romeo).is_none());
+        assert_eq!(l.running(&romeo), 2, "running relays keep their slots");
     }
 
     #[test]

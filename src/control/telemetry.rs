@@ -25,12 +25,14 @@ pub enum ActivationReply {
     BadRequest,
     JidMalformed,
     ServiceUnavailable,
+    /// Over the per-account stream limit, or the daily quota used up.
+    ResourceConstraint,
     InternalServerError,
     Other,
 }
 
 impl ActivationReply {
-    pub const ALL: [ActivationReply; 9] = [
+    pub const ALL: [ActivationReply; 10] = [
         ActivationReply::Activated,
         ActivationReply::ItemNotFound,
         ActivationReply::NotAllowed,
@@ -38,6 +40,7 @@ impl ActivationReply {
         ActivationReply::BadRequest,
         ActivationReply::JidMalformed,
         ActivationReply::ServiceUnavailable,
+        ActivationReply::ResourceConstraint,
         ActivationReply::InternalServerError,
         ActivationReply::Other,
     ];
@@ -52,6 +55,7 @@ impl ActivationReply {
             ActivationReply::BadRequest => "bad-request",
             ActivationReply::JidMalformed => "jid-malformed",
             ActivationReply::ServiceUnavailable => "service-unavailable",
+            ActivationReply::ResourceConstraint => "resource-constraint",
             ActivationReply::InternalServerError => "internal-server-error",
             ActivationReply::Other => "other",
         }
@@ -69,6 +73,7 @@ impl ActivationReply {
                 C::BadRequest => ActivationReply::BadRequest,
                 C::JidMalformed => ActivationReply::JidMalformed,
                 C::ServiceUnavailable => ActivationReply::ServiceUnavailable,
+                C::ResourceConstraint => ActivationReply::ResourceConstraint,
                 C::InternalServerError => ActivationReply::InternalServerError,
                 _ => ActivationReply::Other,
             },

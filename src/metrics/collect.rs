@@ -147,6 +147,12 @@ fn data_plane(e: &mut Enc, s: &Stats, workers: usize) -> fmt::Result {
         "Relay engine errors other than resets (failed syscall, no buffer).",
         s.relay_errors,
     )?;
+    counter(
+        e,
+        "streamhost_shaping_waits",
+        "Times a relay direction waited for bandwidth-shaping tokens.",
+        s.shaping_waits,
+    )?;
     counters(
         e,
         "streamhost_refusals",

@@ -4,8 +4,10 @@ use super::pipes::Pipe;
 use super::slab::ConnId;
 use crate::key::StreamKey;
 use crate::limits::Source;
+use crate::shaping::StreamShaper;
 use crate::socks5::Handshake;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Largest handshake read: greeting (257) + RFC 1929 auth (513) + request (47) fit.
@@ -70,7 +72,7 @@ pub(crate) struct Reply {
     pub sent: usize,
     pub then: AfterReply,
     /// Activated while this reply was still being sent: start the relay once it is out.
-    pub activated: Option<(ConnId, ConnId)>,
+    pub activated: Option<(ConnId, ConnId, Option<Arc<StreamShaper>>)>,
 }
 
 /// The relay state of one direction: bytes read from this connection, written to `peer`.
@@ -90,6 +92,10 @@ pub(crate) struct Side {
     pub writing: bool,
     /// Waiting for a buffer or a pipe to come free.
     pub starving: bool,
+    /// Waiting for shaping tokens (in the worker's `throttled` queue).
+    pub throttled: bool,
+    /// Rates and quotas of this stream, shared by both directions; `None` when off.
+    pub shaper: Option<Arc<StreamShaper>>,
     /// copy engine: received buffers not yet fully sent (buffer id, length, sent).
     pub queue: [(u16, u32, u32); 2],
     pub queued: u8,
@@ -102,7 +108,14 @@ pub(crate) struct Side {
 }
 
 impl Side {
-    pub fn new(key: StreamKey, peer: ConnId, peer_fd: RawFd, first: bool, now: Instant) -> Side {
+    pub fn new(
+        key: StreamKey,
+        peer: ConnId,
+        peer_fd: RawFd,
+        first: bool,
+        now: Instant,
+        shaper: Option<Arc<StreamShaper>>,
+    ) -> Side {
         Side {
             key,
             peer,
@@ -114,6 +127,8 @@ impl Side {
             reading: false,
             writing: false,
             starving: false,
+            throttled: false,
+            shaper,
             queue: [(0, 0, 0); 2],
             queued: 0,
             pipe: None,

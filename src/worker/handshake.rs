@@ -224,8 +224,8 @@ impl Worker {
             return;
         };
         if res < 0 {
-            match (r.then, r.activated) {
-                (AfterReply::Wait(key), Some((first, second))) => {
+            match (r.then, r.activated.take()) {
+                (AfterReply::Wait(key), Some((first, second, _))) => {
                     self.abort_activation(key, first, second)
                 }
                 (AfterReply::Wait(key), None) => {
@@ -241,11 +241,11 @@ impl Worker {
             self.arm_reply(id);
             return;
         }
-        match (r.then, r.activated) {
+        match (r.then, r.activated.take()) {
             (AfterReply::Close, _) => self.close(id, CloseKind::Graceful),
-            (AfterReply::Wait(key), Some((first, second))) => {
+            (AfterReply::Wait(key), Some((first, second, shaper))) => {
                 c.phase = Phase::Waiting { key };
-                self.start_relay(key, first, second);
+                self.start_relay(key, first, second, shaper);
             }
             (AfterReply::Wait(key), None) => {
                 c.phase = Phase::Waiting { key };

@@ -19,7 +19,10 @@ pub(crate) enum Msg {
     },
     Activate {
         key: StreamKey,
-        /// Kept while the relay runs (see `Handle::activate_guarded`).
+        /// The bare JID that asked, when the activation came over XMPP (for per-account
+        /// shaping and quotas).
+        requester: Option<Box<str>>,
+        /// Kept while the relay runs (see `Handle::activate_for`).
         guard: Option<Box<dyn Send>>,
         done: Box<dyn FnOnce(ActivationOutcome) + Send>,
     },

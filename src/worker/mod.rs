@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub max_connections: AtomicUsize,
     pub max_pending: AtomicUsize,
     pub ip_limits: crate::limits::IpLimiter,
+    /// Bandwidth shaping and quotas; hands out nothing when both are off.
+    pub shaping: Arc<crate::shaping::Shaping>,
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -78,6 +80,8 @@ pub(crate) struct Worker {
     accept_rearm: Vec<usize>,
     msgs: Vec<Msg>,
     expired: Vec<ConnId>,
+    /// Directions waiting for shaping tokens: (when, slot index, generation), soonest first.
+    throttled: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u32, u32)>>,
     /// Guards of running relays by key, dropped when the relay ends.
     guards: std::collections::HashMap<crate::key::StreamKey, Box<dyn Send>>,
 }
@@ -116,6 +120,7 @@ impl Worker {
             msgs: Vec::new(),
             expired: Vec::new(),
             guards: Default::default(),
+            throttled: Default::default(),
             shared,
         })
     }
@@ -136,12 +141,21 @@ impl Worker {
         self.ring.push(tick);
 
         while !self.stopping {
-            let cqes = self.ring.submit_and_reap()?;
+            // Shaped directions wake the ring when their tokens are due; with shaping off
+            // the heap is empty and the ring waits for completions only.
+            let wait = self
+                .throttled
+                .peek()
+                .map(|r| r.0 .0.saturating_duration_since(Instant::now()));
+            let cqes = self.ring.submit_and_reap(wait)?;
             self.now = Instant::now();
             for cqe in &cqes {
                 self.dispatch(cqe);
             }
             self.ring.recycle(cqes);
+            if !self.throttled.is_empty() {
+                self.resume_throttled();
+            }
         }
         self.shutdown_now();
         Ok(())
@@ -247,7 +261,12 @@ impl Worker {
                     key,
                     prefix,
                 } => self.handed_off(fd, src, key, &prefix.0[..prefix.1 as usize]),
-                Msg::Activate { key, guard, done } => self.activate(key, guard, done),
+                Msg::Activate {
+                    key,
+                    requester,
+                    guard,
+                    done,
+                } => self.activate(key, requester.as_deref(), guard, done),
                 Msg::Drain => self.drain(),
                 Msg::Shutdown => self.stopping = true,
             }

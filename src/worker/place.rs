@@ -7,11 +7,13 @@ use super::slab::ConnId;
 use super::Worker;
 use crate::key::StreamKey;
 use crate::rendezvous::{Activation, ActivationOutcome, Insert};
+use crate::shaping::QuotaUsed;
 use crate::socks5::{failure_reply, success_reply, Rep};
 use crate::stats::Refusal;
 use io_uring::{opcode, types};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 impl Worker {
     /// A connection whose handshake finished on another core, for a key this core owns.
@@ -115,6 +117,7 @@ impl Worker {
     pub(super) fn activate(
         &mut self,
         key: StreamKey,
+        requester: Option<&str>,
         guard: Option<Box<dyn Send>>,
         done: Box<dyn FnOnce(ActivationOutcome) + Send>,
     ) {
@@ -122,6 +125,14 @@ impl Worker {
             done(ActivationOutcome::ShuttingDown);
             return;
         }
+        let shaper = match self.shared.shaping.stream(requester) {
+            Ok(s) => s,
+            Err(QuotaUsed) => {
+                self.stats().refuse(Refusal::Quota);
+                done(ActivationOutcome::QuotaUsed);
+                return;
+            }
+        };
         match self.table.activate(&key) {
             Activation::Refused(outcome) => done(outcome),
             Activation::Start { first, second } => {
@@ -145,7 +156,7 @@ impl Worker {
                     self.guards.insert(key, g);
                 }
                 done(ActivationOutcome::Activated);
-                self.start_relay(key, first, second);
+                self.start_relay(key, first, second, shaper.map(Arc::new));
             }
         }
     }

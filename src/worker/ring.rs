@@ -92,21 +92,30 @@ impl Ring {
         }
     }
 
-    /// Submits what is queued, waits for at least one completion, and returns them all.
-    pub fn submit_and_reap(&mut self) -> io::Result<Vec<cqueue::Entry>> {
-        match self.ring.submit_and_wait(1) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-            Err(e) => return Err(e),
+    /// Submits what is queued, waits for at least one completion (or until `wait` has
+    /// passed, when given), and returns them all.
+    pub fn submit_and_reap(
+        &mut self,
+        wait: Option<std::time::Duration>,
+    ) -> io::Result<Vec<cqueue::Entry>> {
+        match wait {
+            Some(w) => self.reap_for(w),
+            None => {
+                match self.ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                    Err(e) => return Err(e),
+                }
+                let mut out = std::mem::take(&mut self.reaped);
+                out.clear();
+                out.extend(self.ring.completion());
+                Ok(out)
+            }
         }
-        let mut out = std::mem::take(&mut self.reaped);
-        out.clear();
-        out.extend(self.ring.completion());
-        Ok(out)
     }
 
-    /// Submits and waits up to `wait` for completions (used while shutting down).
+    /// Submits and waits up to `wait` for completions.
     pub fn reap_for(&mut self, wait: std::time::Duration) -> io::Result<Vec<cqueue::Entry>> {
         let ts = io_uring::types::Timespec::from(wait);
         let args = io_uring::types::SubmitArgs::new().timespec(&ts);

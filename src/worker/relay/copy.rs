@@ -7,6 +7,7 @@ use super::super::conn::Phase;
 use super::super::ring::{token, Op};
 use super::super::slab::ConnId;
 use super::super::Worker;
+use crate::shaping::Grant;
 use crate::worker::bufring::BGID;
 use io_uring::{cqueue, opcode, squeue, types};
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,11 +21,29 @@ impl Worker {
         let Phase::Relay(s) = &mut c.phase else {
             return;
         };
-        if s.reading || s.eof || s.queued >= 2 || s.starving || c.closing.is_some() {
+        if s.reading || s.eof || s.queued >= 2 || s.starving || s.throttled || c.closing.is_some() {
             return;
         }
+        // 0 = a whole buffer; a shaped stream reads no more than its tokens allow.
+        let mut len = 0;
+        if s.shaper.is_some() {
+            let pending = s.queued > 0 || s.writing;
+            let want = self.shared.config.relay.buffer_size;
+            match self.shaped(id, want) {
+                Grant::Go(n) if n < want => len = n as u32,
+                Grant::Go(_) => {}
+                Grant::Wait(at) => return self.park(id, at),
+                // Cut once what was read within the quota is out (the send completion
+                // calls back here).
+                Grant::QuotaUsed if pending => return,
+                Grant::QuotaUsed => return self.quota_cut(id),
+            }
+        }
+        let Some(Phase::Relay(s)) = self.conns.get_mut(id).map(|c| &mut c.phase) else {
+            return;
+        };
         s.reading = true;
-        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), len)
             .buf_group(BGID)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
@@ -49,6 +68,9 @@ impl Worker {
         s.reading = false;
         match (res, bid) {
             (n, Some(bid)) if n > 0 => {
+                if let Some(sh) = &s.shaper {
+                    sh.paid(n as usize);
+                }
                 s.last_active = now;
                 s.queue[s.queued as usize] = (bid, n as u32, 0);
                 s.queued += 1;

@@ -10,16 +10,26 @@ use super::slab::{ConnId, Slab};
 use super::Worker;
 use crate::config::Engine;
 use crate::key::StreamKey;
+use crate::shaping::{Grant, StreamShaper};
+use crate::stats::Refusal;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
 
 impl Worker {
     /// Both halves are activated; starts moving bytes once both final replies are out.
-    pub(in crate::worker) fn start_relay(&mut self, key: StreamKey, first: ConnId, second: ConnId) {
+    pub(in crate::worker) fn start_relay(
+        &mut self,
+        key: StreamKey,
+        first: ConnId,
+        second: ConnId,
+        shaper: Option<Arc<StreamShaper>>,
+    ) {
         for id in [first, second] {
             match self.conns.get_mut(id).map(|c| (&mut c.phase, c.closing)) {
                 Some((Phase::Reply(r), None)) => {
                     // Its reply is still being sent: resume when it is out.
-                    r.activated = Some((first, second));
+                    r.activated = Some((first, second, shaper));
                     return;
                 }
                 Some((Phase::Waiting { .. }, None)) => {}
@@ -33,7 +43,8 @@ impl Worker {
         let now = self.now;
         for (i, (id, peer)) in [(first, second), (second, first)].into_iter().enumerate() {
             if let Some(c) = self.conns.get_mut(id) {
-                c.phase = Phase::Relay(Box::new(Side::new(key, peer, fds[1 - i], i == 0, now)));
+                let side = Side::new(key, peer, fds[1 - i], i == 0, now, shaper.clone());
+                c.phase = Phase::Relay(Box::new(side));
             }
         }
         match self.shared.config.relay.engine {
@@ -158,6 +169,68 @@ impl Worker {
                 Engine::Splice => self.splice_pump(id),
             }
             return;
+        }
+    }
+
+    /// Parks a direction until its shaping tokens come in (`at`); no read is armed meanwhile.
+    fn park(&mut self, id: ConnId, at: Instant) {
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        if s.throttled {
+            return;
+        }
+        s.throttled = true;
+        self.throttled.push(std::cmp::Reverse((at, id.idx, id.gen)));
+        self.stats().shaping_waits.fetch_add(1, Relaxed);
+    }
+
+    /// The stream's daily quota ran out while it ran: cut it (RST, so the receiver does not
+    /// take a truncated transfer for a finished one).
+    fn quota_cut(&mut self, id: ConnId) {
+        if let Some(s) = self.side(id) {
+            tracing::info!(key = %s.key, "daily quota used up: stream cut");
+        }
+        self.stats().refuse(Refusal::Quota);
+        self.end_relay(id, CloseKind::Abort);
+    }
+
+    /// What the stream's shaper says about reading up to `want` bytes now (always
+    /// `Read(want)` for an unshaped stream). Only asks; the engine acts on the answer.
+    fn shaped(&mut self, id: ConnId, want: usize) -> Grant {
+        let now = self.now;
+        match self.side(id).and_then(|s| s.shaper.as_ref()) {
+            Some(sh) => sh.grant(now, want),
+            None => Grant::Go(want),
+        }
+    }
+
+    /// Pays the shaper of direction `id` for `n` bytes read.
+    fn pay(&mut self, id: ConnId, n: usize) {
+        if let Some(sh) = self.side(id).and_then(|s| s.shaper.as_ref()) {
+            sh.paid(n);
+        }
+    }
+
+    /// Resumes the directions whose shaping wait is over.
+    pub(in crate::worker) fn resume_throttled(&mut self) {
+        while let Some(&std::cmp::Reverse((at, idx, gen))) = self.throttled.peek() {
+            if at > self.now {
+                return;
+            }
+            self.throttled.pop();
+            let id = ConnId { idx, gen };
+            let Some(s) = self.side(id) else {
+                continue;
+            };
+            if !s.throttled {
+                continue;
+            }
+            s.throttled = false;
+            match self.shared.config.relay.engine {
+                Engine::Copy => self.copy_arm_recv(id),
+                Engine::Splice => self.splice_pump(id),
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use super::super::ring::{token, Op};
 use super::super::slab::ConnId;
 use super::super::Worker;
 use super::side_of;
+use crate::shaping::Grant;
 use io_uring::{opcode, types};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -75,20 +76,37 @@ impl Worker {
             };
             let s = side_of(&mut self.conns, id).expect("checked above");
             let mut would_block_in = false;
+            // A shaped stream reads no more than its tokens allow; when it may read
+            // nothing now, the pipe is still drained before it waits or is cut.
+            let mut wait_until = None;
+            let mut quota_used = false;
             if !s.eof && s.in_pipe < pipe_size {
-                match splice(fd, pipe.wr, pipe_size - s.in_pipe) {
-                    Ok(0) => s.eof = true,
-                    Ok(n) => {
-                        s.in_pipe += n;
-                        s.last_active = now;
+                let mut room = pipe_size - s.in_pipe;
+                if s.shaper.is_some() {
+                    match self.shaped(id, room) {
+                        Grant::Go(n) => room = n,
+                        Grant::Wait(at) => (wait_until, room) = (Some(at), 0),
+                        Grant::QuotaUsed => (quota_used, room) = (true, 0),
                     }
-                    Err(libc::EAGAIN) => would_block_in = true,
-                    Err(e) => {
-                        self.fail(id, e);
-                        return;
+                }
+                let s = side_of(&mut self.conns, id).expect("checked above");
+                if room > 0 {
+                    match splice(fd, pipe.wr, room) {
+                        Ok(0) => s.eof = true,
+                        Ok(n) => {
+                            s.in_pipe += n;
+                            s.last_active = now;
+                            self.pay(id, n);
+                        }
+                        Err(libc::EAGAIN) => would_block_in = true,
+                        Err(e) => {
+                            self.fail(id, e);
+                            return;
+                        }
                     }
                 }
             }
+            let s = side_of(&mut self.conns, id).expect("checked above");
             if s.in_pipe > 0 {
                 match splice(pipe.rd, s.peer_fd, s.in_pipe) {
                     Ok(n) => {
@@ -129,6 +147,15 @@ impl Worker {
             };
             if s.eof {
                 self.direction_done(id);
+                return;
+            }
+            if quota_used {
+                self.quota_cut(id);
+                return;
+            }
+            if let Some(at) = wait_until {
+                // Resumed by `resume_throttled` when the tokens are due.
+                self.park(id, at);
                 return;
             }
             if would_block_in {

@@ -1,0 +1,291 @@
+//! Bandwidth shaping and daily byte quotas.
+//!
+//! - `bucket`: the token bucket (sans-IO).
+//! - `quota`: one account's daily count (sans-IO); `store`: the counts kept on disk.
+//! - `stream`: what a relay asks before each read: how many bytes it may move now.
+//! - `config`, `units`: the `[shaping]` and `[quota]` sections.
+//!
+//! `Shaping` is the process-wide registry: the global bucket, one bucket per requester
+//! account and per domain (kept while a stream of theirs runs), and the quota accounts.
+//! When shaping and quotas are both off, `stream` hands out nothing and the relays run
+//! exactly as without this module.
+
+pub mod bucket;
+pub mod config;
+pub mod quota;
+pub mod store;
+mod stream;
+pub mod units;
+
+pub use config::{QuotaConfig, ShapingConfig};
+pub use stream::{Grant, StreamShaper};
+
+use bucket::TokenBucket;
+use quota::{utc_day, QuotaAccount};
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+use store::QuotaStore;
+
+pub(crate) type Bucket = Mutex<TokenBucket>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Activation refused: the requester or its domain has used its bytes for today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaUsed;
+
+pub struct Shaping {
+    settings: RwLock<ShapingConfig>,
+    /// Bumped by every reload, so running streams pick up their new stream rate.
+    gen: AtomicU64,
+    /// Shaping or quota accounting is on: streams get a `StreamShaper`.
+    on: AtomicBool,
+    jid_quota: AtomicU64,
+    domain_quota: AtomicU64,
+    global: Arc<Bucket>,
+    jids: Mutex<HashMap<Box<str>, Weak<Bucket>>>,
+    domains: Mutex<HashMap<Box<str>, Weak<Bucket>>>,
+    quotas: Option<Quotas>,
+}
+
+struct Quotas {
+    store: QuotaStore,
+    /// "jid:<bare jid>" / "domain:<domain>" -> today's count.
+    accounts: Mutex<HashMap<Box<str>, Arc<QuotaAccount>>>,
+}
+
+impl Shaping {
+    /// Opens the quota store (if any) and loads today's counts.
+    pub fn new(shaping: &ShapingConfig, quota: &QuotaConfig) -> io::Result<Arc<Shaping>> {
+        let now = Instant::now();
+        let quotas = match &quota.store {
+            Some(path) => {
+                let today = utc_day(SystemTime::now());
+                let (store, rows) = QuotaStore::open(path, today)?;
+                let accounts = rows
+                    .into_iter()
+                    .map(|(k, n)| (k.into(), Arc::new(QuotaAccount::loaded(today, n))))
+                    .collect();
+                Some(Quotas {
+                    store,
+                    accounts: Mutex::new(accounts),
+                })
+            }
+            None => None,
+        };
+        let s = Shaping {
+            global: Arc::new(Mutex::new(TokenBucket::new(
+                shaping.global_rate.0,
+                shaping.burst(shaping.global_rate),
+                now,
+            ))),
+            settings: RwLock::new(shaping.clone()),
+            gen: AtomicU64::new(0),
+            on: AtomicBool::new(false),
+            jid_quota: AtomicU64::new(quota.jid_bytes_per_day.0),
+            domain_quota: AtomicU64::new(quota.domain_bytes_per_day.0),
+            jids: Default::default(),
+            domains: Default::default(),
+            quotas,
+        };
+        s.on.store(shaping.enabled() || s.quotas.is_some(), Relaxed);
+        Ok(Arc::new(s))
+    }
+
+    /// Applies new rates and quotas (SIGHUP) to running streams too. Returns the keys
+    /// that need a restart.
+    pub fn set(&self, shaping: &ShapingConfig, quota: &QuotaConfig) -> Vec<&'static str> {
+        let now = Instant::now();
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = shaping.clone();
+        lock(&self.global).set(
+            shaping.global_rate.0,
+            shaping.burst(shaping.global_rate),
+            now,
+        );
+        for (map, rate) in [
+            (&self.jids, shaping.jid_rate),
+            (&self.domains, shaping.domain_rate),
+        ] {
+            for b in lock(map).values().filter_map(Weak::upgrade) {
+                lock(&b).set(rate.0, shaping.burst(rate), now);
+            }
+        }
+        self.jid_quota.store(quota.jid_bytes_per_day.0, Relaxed);
+        self.domain_quota
+            .store(quota.domain_bytes_per_day.0, Relaxed);
+        self.on
+            .store(shaping.enabled() || self.quotas.is_some(), Relaxed);
+        self.gen.fetch_add(1, Relaxed);
+        let stored = self.quotas.as_ref().map(|q| q.store.path());
+        if stored != quota.store.as_deref() {
+            vec!["quota.store"]
+        } else {
+            vec![]
+        }
+    }
+
+    fn settings(&self) -> ShapingConfig {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The shaper of a stream being activated by `requester` (a bare JID, when the
+    /// activation came over XMPP), `None` when nothing is shaped or counted, or
+    /// `QuotaUsed` when the requester's account or domain has no bytes left today.
+    pub fn stream(
+        self: &Arc<Self>,
+        requester: Option<&str>,
+    ) -> Result<Option<StreamShaper>, QuotaUsed> {
+        if !self.on.load(Relaxed) {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        let s = self.settings();
+        let mut shared = vec![self.global.clone()];
+        let mut accounts = Vec::new();
+        if let Some(jid) = requester {
+            let domain = jid.rsplit_once('@').map_or(jid, |(_, d)| d);
+            shared.push(self.bucket(&self.jids, jid, &s, s.jid_rate, now));
+            shared.push(self.bucket(&self.domains, domain, &s, s.domain_rate, now));
+            if let Some(q) = &self.quotas {
+                let mut m = lock(&q.accounts);
+                for (key, which) in [
+                    (format!("jid:{jid}"), stream::Limit::Jid),
+                    (format!("domain:{domain}"), stream::Limit::Domain),
+                ] {
+                    let a = m.entry(key.into()).or_default().clone();
+                    accounts.push((a, which));
+                }
+            }
+        }
+        let shaper = StreamShaper::new(self.clone(), &s, now, shared, accounts);
+        if shaper.quota_left() == Some(0) {
+            return Err(QuotaUsed);
+        }
+        Ok(Some(shaper))
+    }
+
+    /// The bucket of one account or domain, shared by all its running streams.
+    fn bucket(
+        &self,
+        map: &Mutex<HashMap<Box<str>, Weak<Bucket>>>,
+        name: &str,
+        s: &ShapingConfig,
+        rate: units::ByteRate,
+        now: Instant,
+    ) -> Arc<Bucket> {
+        let mut m = lock(map);
+        if let Some(b) = m.get(name).and_then(Weak::upgrade) {
+            return b;
+        }
+        if m.len() >= 1024 && m.len().is_power_of_two() {
+            // Forget the accounts that have no stream left, now and then.
+            m.retain(|_, w| w.strong_count() > 0);
+        }
+        let b = Arc::new(Mutex::new(TokenBucket::new(rate.0, s.burst(rate), now)));
+        m.insert(name.into(), Arc::downgrade(&b));
+        b
+    }
+
+    fn quota_limit(&self, which: stream::Limit) -> u64 {
+        match which {
+            stream::Limit::Jid => self.jid_quota.load(Relaxed),
+            stream::Limit::Domain => self.domain_quota.load(Relaxed),
+        }
+    }
+
+    /// Bytes counted today for a key ("jid:<bare jid>" or "domain:<domain>").
+    pub fn used_today(&self, key: &str) -> u64 {
+        let today = utc_day(SystemTime::now());
+        self.quotas
+            .as_ref()
+            .and_then(|q| lock(&q.accounts).get(key).map(|a| a.used(today)))
+            .unwrap_or(0)
+    }
+
+    /// Writes the bytes counted since the last flush to the store.
+    pub fn flush(&self) -> io::Result<()> {
+        let Some(q) = &self.quotas else {
+            return Ok(());
+        };
+        let today = utc_day(SystemTime::now());
+        let accounts: Vec<_> = lock(&q.accounts)
+            .iter()
+            .map(|(k, a)| (k.clone(), a.clone()))
+            .collect();
+        let mut rows = Vec::new();
+        let mut of = Vec::new();
+        for (k, a) in &accounts {
+            if let Some((day, n)) = a.take_unflushed() {
+                rows.push((k.to_string(), day, n));
+                of.push(a);
+            }
+        }
+        if !rows.is_empty() {
+            match q.store.add(&rows, today) {
+                Ok(totals) => {
+                    for ((a, (_, day, _)), total) in of.iter().zip(&rows).zip(totals) {
+                        a.merged(*day, total);
+                    }
+                }
+                Err(e) => {
+                    for (a, (_, day, n)) in of.iter().zip(&rows) {
+                        a.restore(*day, *n);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        lock(&q.accounts).retain(|_, a| !a.stale(today) || Arc::strong_count(a) > 1);
+        Ok(())
+    }
+
+    /// Flushes every `every` on its own thread until the returned handle is stopped or
+    /// dropped (which flushes one last time). `None` when there is no quota store.
+    pub fn spawn_flusher(self: &Arc<Self>, every: Duration) -> Option<Flusher> {
+        self.quotas.as_ref()?;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let me = self.clone();
+        let thread = std::thread::Builder::new()
+            .name("streamhost-quota".into())
+            .spawn(move || loop {
+                let stop = !matches!(
+                    rx.recv_timeout(every),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
+                if let Err(e) = me.flush() {
+                    tracing::warn!(error = %e, "quota counts not saved; retrying");
+                }
+                if stop {
+                    return;
+                }
+            })
+            .ok()?;
+        Some(Flusher {
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The quota flusher thread; dropping it flushes once more and joins.
+pub struct Flusher {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
