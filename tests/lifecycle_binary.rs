@@ -71,6 +71,17 @@ fn free_port() -> u16 {
 }
 
 fn write_config(dir: &Path, prosody: &Prosody, port: u16, deny: &[&str]) -> PathBuf {
+    write_config_with(dir, prosody, port, deny, "")
+}
+
+/// `write_config` with `component_extra` lines added to the `[component]` section.
+fn write_config_with(
+    dir: &Path,
+    prosody: &Prosody,
+    port: u16,
+    deny: &[&str],
+    component_extra: &str,
+) -> PathBuf {
     let deny: Vec<String> = deny.iter().map(|d| format!("{d:?}")).collect();
     let text = format!(
         r#"
@@ -82,6 +93,7 @@ drain_timeout = 30
 server = "{server}"
 jid = "{PROXY_JID}"
 secret = "{SECRET}"
+{component_extra}
 
 [component.access]
 deny = [{deny}]
@@ -282,7 +294,13 @@ fn sighup_reloads_access_lists_without_dropping_a_relay() {
     let sender = paced_sender(rs, total, Duration::from_millis(20));
     let receiver = check_receiver(ts, total);
 
-    write_config(dir.path(), &prosody, port, &["romeo@localhost"]);
+    write_config_with(
+        dir.path(),
+        &prosody,
+        port,
+        &["romeo@localhost"],
+        "max_streams_per_jid = 1",
+    );
     proxy.signal("-HUP");
     let end = Instant::now() + Duration::from_secs(10);
     loop {
@@ -300,6 +318,18 @@ fn sighup_reloads_access_lists_without_dropping_a_relay() {
     let refused = activate(&mut romeo, "after-reload", &juliet.jid);
     assert_eq!(refused.error_condition().as_deref(), Some("forbidden"));
     assert_eq!(disco(&mut juliet).attr("type"), Some("result"));
+    // The new per-account stream limit applies too: juliet may run one stream, not two.
+    let (_j1, _t1) = active_pair(addr, "juliet-1", &mut juliet, &romeo);
+    let k2 = hex::encode(Sha1::digest(format!("juliet-2{}{}", juliet.jid, romeo.jid)));
+    let (_j2r, _j2t) = (
+        socks5::connect(addr, &k2).unwrap(),
+        socks5::connect(addr, &k2).unwrap(),
+    );
+    let over = activate(&mut juliet, "juliet-2", &romeo.jid);
+    assert_eq!(
+        over.error_condition().as_deref(),
+        Some("resource-constraint")
+    );
     // The running relay was not disturbed.
     sender.join().unwrap();
     receiver.join().unwrap();

@@ -28,16 +28,22 @@ struct Env {
 }
 
 fn env(tune: impl FnOnce(&mut ControlConfig)) -> Env {
+    env_with(|_| {}, tune)
+}
+
+/// `env` with the data plane's config tuned too.
+fn env_with(tune_data: impl FnOnce(&mut Config), tune: impl FnOnce(&mut ControlConfig)) -> Env {
     let prosody = Prosody::start(&[
         ("romeo", DOMAIN, "pw-romeo"),
         ("juliet", DOMAIN, "pw-juliet"),
         ("eve", OTHER_DOMAIN, "pw-eve"),
     ]);
-    let cfg = Config {
+    let mut cfg = Config {
         workers: 2,
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         ..Config::default()
     };
+    tune_data(&mut cfg);
     let data = Arc::new(Server::start(cfg).expect("data plane starts"));
     let proxy = data.local_addrs()[0];
     let mut cc = ControlConfig {
@@ -459,4 +465,54 @@ fn streams_per_account_are_limited_until_a_relay_ends() {
         assert!(Instant::now() < end, "the slot never came back");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_daily_quota_is_counted_for_the_requester_and_then_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let quota = 1 << 20;
+    let store = dir.path().join("quota.redb");
+    let e = env_with(
+        |c| {
+            c.quota.jid_bytes_per_day = streamhost::shaping::units::ByteSize(quota);
+            c.quota.store = Some(store);
+        },
+        |_| {},
+    );
+    let mut romeo = e.login("romeo", DOMAIN);
+    let mut juliet = e.login("juliet", DOMAIN);
+    let (r, t) = pair(e.proxy, "quota-1", &romeo, &juliet);
+    assert_result(&activate(&mut romeo, "quota-1", &juliet.jid));
+    // romeo sends twice his quota: the target gets exactly the quota, then a reset.
+    let data = pattern(9, 2 * quota as usize);
+    let mut w = r.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let _ = w.write_all(&data);
+    });
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let mut t = t;
+    t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    loop {
+        match t.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert_eq!(got.len() as u64, quota, "exactly the quota was relayed");
+    assert!(got == pattern(9, 2 * quota as usize)[..quota as usize]);
+    drop(r);
+    sender.join().unwrap();
+    // Counted against romeo's bare JID, the requester that activated over XMPP.
+    let used = e.data.quota_used_today(&format!("jid:romeo@{DOMAIN}"));
+    assert_eq!(used, quota);
+    let (_r2, _t2) = pair(e.proxy, "quota-2", &romeo, &juliet);
+    assert_error(
+        &activate(&mut romeo, "quota-2", &juliet.jid),
+        "resource-constraint",
+    );
+    // juliet has her own quota.
+    let (r3, t3) = pair(e.proxy, "quota-3", &juliet, &romeo);
+    assert_result(&activate(&mut juliet, "quota-3", &romeo.jid));
+    exchange(&r3, &t3, 4096, 3);
 }

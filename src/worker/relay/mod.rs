@@ -105,6 +105,11 @@ impl Worker {
 
     /// Ends the pair `id` belongs to, once: counters, log line, close both halves.
     pub(in crate::worker) fn end_relay(&mut self, id: ConnId, kind: CloseKind) {
+        self.end_relay_as(id, kind, kind);
+    }
+
+    /// `end_relay`, closing `id` with `kind` and its peer with `peer_kind`.
+    fn end_relay_as(&mut self, id: ConnId, kind: CloseKind, peer_kind: CloseKind) {
         let Some(s) = self.conns.get_mut(id).and_then(|c| match &mut c.phase {
             Phase::Relay(s) => Some(s),
             _ => None,
@@ -142,7 +147,7 @@ impl Worker {
             "stream finished"
         );
         self.close(id, kind);
-        self.close(peer, kind);
+        self.close(peer, peer_kind);
     }
 
     /// A direction failed: tear the pair down with RST.
@@ -185,14 +190,15 @@ impl Worker {
         self.stats().shaping_waits.fetch_add(1, Relaxed);
     }
 
-    /// The stream's daily quota ran out while it ran: cut it (RST, so the receiver does not
-    /// take a truncated transfer for a finished one).
+    /// The stream's daily quota ran out while `id` was sending: its sender gets a reset
+    /// (its further bytes are refused), the receiver a FIN after every byte read within
+    /// the quota (a reset would discard what still sits in its socket's send queue).
     fn quota_cut(&mut self, id: ConnId) {
         if let Some(s) = self.side(id) {
             tracing::info!(key = %s.key, "daily quota used up: stream cut");
         }
         self.stats().refuse(Refusal::Quota);
-        self.end_relay(id, CloseKind::Abort);
+        self.end_relay_as(id, CloseKind::Abort, CloseKind::Graceful);
     }
 
     /// What the stream's shaper says about reading up to `want` bytes now (always
