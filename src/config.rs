@@ -15,7 +15,7 @@ pub enum Engine {
     /// splice(2) through pipes borrowed from a per-core pool only while data is in them.
     /// The default: on par with `copy` for one pair and clearly ahead once the cores are
     /// busy (64 pairs on 2 cores: 0.60-0.72x direct against 0.36-0.43x), since it adds no
-    /// copy of its own (`benches/relay_vs_direct.rs`).
+    /// copy of its own, and at least as fast as `uring-splice` (`benches/relay_vs_direct.rs`).
     #[default]
     Splice,
     /// The same pipes, but the splices are IORING_OP_SPLICE requests, which the kernel

@@ -76,11 +76,17 @@ impl Worker {
             let s = side_of(&mut self.conns, id).expect("checked above");
             let mut would_block_in = false;
             if !s.eof && s.in_pipe < pipe_size {
-                match splice(fd, pipe.wr, pipe_size - s.in_pipe) {
+                let want = pipe_size - s.in_pipe;
+                match splice(fd, pipe.wr, want) {
                     Ok(0) => s.eof = true,
                     Ok(n) => {
                         s.in_pipe += n;
                         s.last_active = now;
+                        // Less than asked: the socket is (almost surely) empty now, so
+                        // wait for the poll instead of a round that only gets EAGAIN.
+                        if n < want {
+                            would_block_in = true;
+                        }
                     }
                     Err(libc::EAGAIN) => would_block_in = true,
                     Err(e) => {

@@ -21,7 +21,9 @@ use io_uring::{opcode, squeue, types};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Link `socket -> pipe` to `pipe -> peer` (one io-wq punt for both) instead of submitting
-/// the second from the first's completion.
+/// the second from the first's completion. Both measured the same (relay_vs_direct, 2 GiB,
+/// 4 runs each: 1 pair 13.8-16.9 Gbit/s linked, 14.5-16.8 chained; 64 pairs 15.4-18.3 and
+/// 15.0-18.7); linked costs one io-wq punt and one submission per chunk instead of two.
 const LINK: bool = true;
 
 impl Worker {
@@ -63,7 +65,6 @@ impl Worker {
             return;
         };
         let fd = c.fd;
-        let pipe_size = self.pipes.pipe_size();
         let Some(s) = self.side(id) else {
             return;
         };
@@ -88,6 +89,8 @@ impl Worker {
                 }
             },
         };
+        // Read after the borrow: creating the first pipe may settle the size.
+        let pipe_size = self.pipes.pipe_size();
         let s = side_of(&mut self.conns, id).expect("checked above");
         s.reading = true;
         // Until the splice completes the pipe may hold up to all of it (see the file doc).
