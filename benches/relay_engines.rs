@@ -1,5 +1,5 @@
 //! Each relay engine over loopback at 16 KiB .. 1 MiB chunks (copy: provided-buffer size;
-//! splice: pipe size): 16 MiB per iteration through one activated pair, fed by a sender
+//! splice engines: pipe size): 16 MiB per iteration through one activated pair, fed by a sender
 //! thread, drained by the measuring thread.
 
 mod support;
@@ -18,7 +18,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("relay one pair");
     g.throughput(Throughput::Bytes(PER_ITER as u64));
     g.sample_size(10);
-    for engine in [Engine::Copy, Engine::Splice] {
+    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
         for chunk in [16usize << 10, 64 << 10, 256 << 10, 1 << 20] {
             let mut cfg = Config {
                 workers: 1,

@@ -2,7 +2,9 @@
 //! and receiver code moves data over direct loopback TCP, then through the proxy with each
 //! engine, for 1 pair and for 64 concurrent pairs. Prints Gbit/s and the ratio to direct.
 //!
-//! `cargo bench --bench relay_vs_direct` (env: RELAY_BENCH_GIB to change the volume).
+//! `cargo bench --bench relay_vs_direct` (env: RELAY_BENCH_GIB to change the volume,
+//! RELAY_BENCH_CASES=a,b to run only the cases whose name contains one of them, e.g.
+//! `uring` or `zc`).
 
 mod support;
 
@@ -86,13 +88,34 @@ fn direct_pairs(pairs: usize) -> Vec<(TcpStream, TcpStream)> {
         .collect()
 }
 
-fn proxied(engine: Engine, workers: usize, pairs: usize, bytes: u64) -> f64 {
+/// One proxied case: engine, worker count, and whether the copy engine uses SEND_ZC.
+#[derive(Clone, Copy)]
+struct Case {
+    engine: Engine,
+    workers: usize,
+    send_zc: bool,
+}
+
+impl Case {
+    fn name(&self) -> String {
+        let zc = if self.send_zc { "+zc" } else { "" };
+        format!("{:?}{zc} w={}", self.engine, self.workers)
+    }
+}
+
+fn proxied(case: Case, pairs: usize, bytes: u64) -> f64 {
+    let Case {
+        engine,
+        workers,
+        send_zc,
+    } = case;
     let mut c = Config {
         workers,
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         ..Config::default()
     };
     c.relay.engine = engine;
+    c.relay.send_zc = send_zc;
     // Engine sizing can be varied without a rebuild: RELAY_BENCH_BUF (bytes per buffer),
     // RELAY_BENCH_NBUF (buffers per worker), RELAY_BENCH_PIPE (pipe size), RELAY_BENCH_NPIPE
     // (pipes per worker).
@@ -147,18 +170,34 @@ fn main() {
         let bytes = (gib * (1u64 << 30) as f64 / pairs as f64) as u64;
         let mut direct = Vec::new();
         let mut results: Vec<(String, Vec<f64>)> = vec![];
-        let cases = [
-            (Engine::Copy, 1),
-            (Engine::Copy, cores),
-            (Engine::Splice, 1),
-            (Engine::Splice, cores),
-        ];
+        let case = |engine, workers, send_zc| Case {
+            engine,
+            workers,
+            send_zc,
+        };
+        let filter = std::env::var("RELAY_BENCH_CASES").unwrap_or_default();
+        let cases: Vec<Case> = [
+            case(Engine::Copy, 1, false),
+            case(Engine::Copy, cores, false),
+            case(Engine::Copy, 1, true),
+            case(Engine::Copy, cores, true),
+            case(Engine::Splice, 1, false),
+            case(Engine::Splice, cores, false),
+            case(Engine::UringSplice, 1, false),
+            case(Engine::UringSplice, cores, false),
+        ]
+        .into_iter()
+        .filter(|c| {
+            let name = c.name().to_lowercase();
+            filter.is_empty() || filter.split(',').any(|f| name.contains(&f.to_lowercase()))
+        })
+        .collect();
         for _ in 0..rounds {
             direct.push(transfer(direct_pairs(pairs), bytes));
-            for (i, &(engine, workers)) in cases.iter().enumerate() {
-                let g = proxied(engine, workers, pairs, bytes);
+            for (i, &c) in cases.iter().enumerate() {
+                let g = proxied(c, pairs, bytes);
                 if results.len() <= i {
-                    results.push((format!("{engine:?} w={workers}"), vec![]));
+                    results.push((c.name(), vec![]));
                 }
                 results[i].1.push(g);
                 thread::sleep(Duration::from_millis(100));

@@ -27,7 +27,7 @@ struct Cli {
     /// Worker threads (0 = one per core).
     #[arg(long)]
     workers: Option<usize>,
-    /// Relay engine: copy or splice.
+    /// Relay engine: copy, splice or uring-splice.
     #[arg(long)]
     engine: Option<Engine>,
     /// Log format: human or json.

@@ -103,7 +103,7 @@ fn idle_pairs_cost(engine: Engine) {
     let _ = TcpStream::connect(addr); // the listener is still up
 }
 
-/// One test for both engines: two proxies at once would hold 32,000 sockets in this
+/// One test for every engine: two proxies at once would hold 32,000 sockets in this
 /// process, over its 20,000-file limit.
 #[test]
 fn eight_thousand_idle_pairs_each_engine() {
@@ -112,4 +112,5 @@ fn eight_thousand_idle_pairs_each_engine() {
     }
     idle_pairs_cost(Engine::Copy);
     idle_pairs_cost(Engine::Splice);
+    idle_pairs_cost(Engine::UringSplice);
 }

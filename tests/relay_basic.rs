@@ -1,5 +1,5 @@
 //! Pairing, activation outcomes and byte-exact relaying over real loopback sockets and a
-//! real io_uring, for both relay engines.
+//! real io_uring, for every relay engine.
 
 mod common;
 
@@ -10,7 +10,11 @@ use streamhost::config::Engine;
 use streamhost::{ActivationOutcome, Refusal};
 
 fn both_ways(engine: Engine, bytes: u64) {
-    let (h, addr) = start(config(engine));
+    both_ways_with(config(engine), bytes);
+}
+
+fn both_ways_with(c: streamhost::config::Config, bytes: u64) {
+    let (h, addr) = start(c);
     let (a, b) = active_pair(&h, addr, 1);
     let (a2, b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
     let t1 = thread::spawn(move || send_pattern(&a2, 11, bytes).unwrap());
@@ -40,6 +44,18 @@ fn splice_engine_relays_both_ways_byte_exact() {
 }
 
 #[test]
+fn uring_splice_engine_relays_both_ways_byte_exact() {
+    both_ways(Engine::UringSplice, 64 << 20);
+}
+
+#[test]
+fn copy_engine_with_send_zc_relays_both_ways_byte_exact() {
+    let mut c = config(Engine::Copy);
+    c.relay.send_zc = true;
+    both_ways_with(c, 64 << 20);
+}
+
+#[test]
 fn one_gib_each_way_at_once_copy() {
     both_ways(Engine::Copy, 1 << 30);
 }
@@ -47,6 +63,18 @@ fn one_gib_each_way_at_once_copy() {
 #[test]
 fn one_gib_each_way_at_once_splice() {
     both_ways(Engine::Splice, 1 << 30);
+}
+
+#[test]
+fn one_gib_each_way_at_once_uring_splice() {
+    both_ways(Engine::UringSplice, 1 << 30);
+}
+
+#[test]
+fn one_gib_each_way_at_once_copy_send_zc() {
+    let mut c = config(Engine::Copy);
+    c.relay.send_zc = true;
+    both_ways_with(c, 1 << 30);
 }
 
 #[test]
@@ -81,7 +109,7 @@ fn third_connection_is_refused() {
 
 #[test]
 fn either_connect_order_and_roles() {
-    for engine in [Engine::Copy, Engine::Splice] {
+    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
         let (h, addr) = start(config(engine));
         for n in 0..2u64 {
             let k = key(100 + n);
@@ -102,7 +130,7 @@ fn either_connect_order_and_roles() {
 
 #[test]
 fn early_bytes_wait_in_the_kernel_and_arrive_in_order() {
-    for engine in [Engine::Copy, Engine::Splice] {
+    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
         let (h, addr) = start(config(engine));
         let k = key(9);
         let mut a = half(addr, &k);
@@ -126,7 +154,7 @@ fn early_bytes_wait_in_the_kernel_and_arrive_in_order() {
 
 #[test]
 fn half_close_keeps_the_other_direction_open() {
-    for engine in [Engine::Copy, Engine::Splice] {
+    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
         let (h, addr) = start(config(engine));
         let (a, b) = active_pair(&h, addr, 10);
         // a finishes sending; b must see EOF yet still be able to answer.
@@ -140,7 +168,7 @@ fn half_close_keeps_the_other_direction_open() {
 
 #[test]
 fn reset_tears_the_pair_down() {
-    for engine in [Engine::Copy, Engine::Splice] {
+    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
         let (h, addr) = start(config(engine));
         let (a, mut b) = active_pair(&h, addr, 11);
         // SO_LINGER 0 makes close send RST.

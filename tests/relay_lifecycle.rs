@@ -174,7 +174,7 @@ fn halves_accepted_on_different_cores_meet_on_the_owner() {
 
 #[test]
 fn slow_receiver_slows_its_sender_with_bounded_memory() {
-    for engine in [Engine::Copy, Engine::Splice] {
+    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
         let (h, addr) = start(config(engine));
         let (a, b) = active_pair(&h, addr, 12);
         let before = rss_kib();
@@ -208,7 +208,7 @@ fn slow_receiver_slows_its_sender_with_bounded_memory() {
 
 #[test]
 fn a_thousand_concurrent_pairs() {
-    for engine in [Engine::Copy, Engine::Splice] {
+    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
         let (h, addr) = start(config(engine));
         let pairs: Vec<_> = (0..1000u64)
             .map(|n| {
@@ -250,5 +250,35 @@ fn a_thousand_concurrent_pairs() {
         }
         let s = h.stats();
         assert_eq!(s.bytes_first_to_second, 1000 * 20_000);
+    }
+}
+
+/// A relay whose receiver stops reading for good is torn down by `idle_timeout`, and both
+/// halves are freed: the stalled half's pending write waits on its peer's socket, which the
+/// peer's own close must not leave behind.
+#[test]
+fn idle_timeout_frees_a_relay_stuck_on_its_receiver() {
+    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
+        let mut c = config(engine);
+        c.idle_timeout = 1;
+        let (h, addr) = start(c);
+        let (a, b) = active_pair(&h, addr, 13);
+        // b -> a ends at once; a -> b stalls because b never reads.
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        let sender = thread::spawn(move || {
+            a.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+            let _ = send_pattern(&a, 4, 1 << 30);
+        });
+        assert!(
+            eventually(15, || h.stats().relays_finished == 1),
+            "{engine:?}: not torn down"
+        );
+        assert!(
+            eventually(5, || h.stats().open == 0),
+            "{engine:?}: a half was left open: {:?}",
+            h.stats()
+        );
+        sender.join().unwrap();
+        drop(b);
     }
 }

@@ -102,7 +102,7 @@ fn shaped(engine: Engine, f: impl FnOnce(&mut Config)) -> (Handle, SocketAddr) {
 
 #[test]
 fn stream_rate_holds_within_10_percent_with_either_engine() {
-    for engine in [Engine::Copy, Engine::Splice] {
+    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
         let set = 8 * MIB;
         let (h, addr) = shaped(engine, |c| c.shaping.stream_rate = ByteRate(set));
         let (tx, rx) = pair(&h, addr, 1, "romeo@example.org");
@@ -190,7 +190,7 @@ fn a_reload_changes_the_rate_of_a_running_stream() {
 fn a_daily_quota_cuts_the_stream_refuses_the_next_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let quota = 3 * MIB;
-    for engine in [Engine::Copy, Engine::Splice] {
+    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
         let store = dir.path().join(format!("{engine:?}.redb"));
         let mut c = config(engine);
         c.quota.jid_bytes_per_day = ByteSize(quota);

@@ -102,6 +102,8 @@ pub(crate) struct Side {
     /// splice engine: the borrowed pipe and how many bytes sit in it.
     pub pipe: Option<Pipe>,
     pub in_pipe: usize,
+    /// uring-splice engine: the last splice in filled the pipe, so skip the next poll.
+    pub again: bool,
     pub bytes: u64,
     pub started: Instant,
     pub last_active: Instant,
@@ -133,6 +135,7 @@ impl Side {
             queued: 0,
             pipe: None,
             in_pipe: 0,
+            again: false,
             bytes: 0,
             started: now,
             last_active: now,

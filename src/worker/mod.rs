@@ -96,7 +96,7 @@ impl Worker {
                 relay.buffers_per_worker,
                 relay.buffer_size,
             )?),
-            Engine::Splice => None,
+            Engine::Splice | Engine::UringSplice => None,
         };
         let pipes = PipePool::new(relay.pipes_per_worker, relay.pipe_size);
         let table = Rendezvous::new(shared.config.activation_timeout());
@@ -203,6 +203,11 @@ impl Worker {
                     Op::Recv => self.copy_on_recv(id, res, flags),
                     Op::Send => self.copy_on_send(id, res),
                     Op::PollIn | Op::PollOut => self.splice_on_ready(id, res),
+                    Op::SendZc => self.copy_on_send_zc(id, res, flags),
+                    Op::UsPollIn => self.us_on_readable(id, res),
+                    Op::UsPollOut => self.us_on_writable(id, res),
+                    Op::UsIn => self.us_on_in(id, res),
+                    Op::UsOut => self.us_on_out(id, res),
                     Op::Accept | Op::Wake | Op::Tick | Op::Cancel => unreachable!(),
                 }
             }

@@ -31,6 +31,17 @@ pub(crate) enum Op {
     PollOut,
     /// A cancel request; its completion carries nothing we need.
     Cancel,
+    /// Relay: this connection's zero-copy send to its peer (copy engine with send_zc):
+    /// a result, then a notification once the buffer is free.
+    SendZc,
+    /// Relay: this connection readable (uring-splice engine).
+    UsPollIn,
+    /// Relay: this connection's peer writable (uring-splice engine).
+    UsPollOut,
+    /// Relay: IORING_OP_SPLICE from this connection into its pipe (uring-splice engine).
+    UsIn,
+    /// Relay: IORING_OP_SPLICE from the pipe to this connection's peer (uring-splice).
+    UsOut,
 }
 
 impl Op {
@@ -38,7 +49,7 @@ impl Op {
         use Op::*;
         [
             Accept, Wake, Tick, HsRecv, HsSend, Reply, WaitPoll, Recv, Send, PollIn, PollOut,
-            Cancel,
+            Cancel, SendZc, UsPollIn, UsPollOut, UsIn, UsOut,
         ]
         .into_iter()
         .find(|o| *o as u8 == v)

@@ -114,11 +114,49 @@ impl Worker {
         let ptr = bufs.addr(bid, sent as usize);
         // MSG_WAITALL: the kernel retries a short send itself instead of completing it,
         // so a buffer costs one completion however small the peer's send buffer is.
-        let e = opcode::Send::new(types::Fd(peer_fd), ptr, len - sent)
-            .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
-            .build()
-            .user_data(token(Op::Send, id.idx, id.gen));
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
+        let e = if self.shared.config.relay.send_zc {
+            opcode::SendZc::new(types::Fd(peer_fd), ptr, len - sent)
+                .flags(flags)
+                .build()
+                .user_data(token(Op::SendZc, id.idx, id.gen))
+        } else {
+            opcode::Send::new(types::Fd(peer_fd), ptr, len - sent)
+                .flags(flags)
+                .build()
+                .user_data(token(Op::Send, id.idx, id.gen))
+        };
         self.push_conn_op(id, e);
+    }
+
+    /// A zero-copy send completes twice: its result (with MORE when a notification
+    /// follows), then the notification that the kernel no longer reads the buffer. Only
+    /// then may the buffer go back to the ring, so `writing` stays set until it: one
+    /// zero-copy send per direction at a time, and the notification is unambiguous.
+    pub(in crate::worker) fn copy_on_send_zc(&mut self, id: ConnId, res: i32, flags: u32) {
+        if cqueue::notif(flags) {
+            let Some(s) = self.side(id) else {
+                return;
+            };
+            s.writing = false;
+            self.copy_send_next(id);
+            return;
+        }
+        if !cqueue::more(flags) {
+            // No notification follows (the send failed before using the buffer).
+            self.copy_on_send(id, res);
+            return;
+        }
+        let now = self.now;
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        if res < 0 {
+            self.fail(id, -res);
+            return;
+        }
+        s.last_active = now;
+        s.queue[0].2 += res as u32;
     }
 
     pub(in crate::worker) fn copy_on_send(&mut self, id: ConnId, res: i32) {
@@ -132,13 +170,21 @@ impl Worker {
             return;
         }
         s.last_active = now;
-        let (bid, len, sent) = &mut s.queue[0];
-        *sent += res as u32;
-        if *sent < *len {
+        s.queue[0].2 += res as u32;
+        self.copy_send_next(id);
+    }
+
+    /// The send of the first queued buffer is over: send the rest of it, or give it back
+    /// and go on with the next.
+    fn copy_send_next(&mut self, id: ConnId) {
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        let (bid, len, sent) = s.queue[0];
+        if sent < len {
             self.copy_arm_send(id);
             return;
         }
-        let (bid, len) = (*bid, *len);
         s.queue[0] = s.queue[1];
         s.queued -= 1;
         s.bytes += len as u64;

@@ -1,17 +1,21 @@
 //! The relay of an activated pair: both directions at once until both end. EOF on one side
 //! shuts down writing on the other (half-close); an error tears the pair down with RST.
-//! The engines (`copy`, `splice`) move the bytes; this file starts and ends relays.
+//! The engines (`copy`, `splice`, `uring_splice`) move the bytes; this file starts and
+//! ends relays.
 
 mod copy;
 mod splice;
+mod uring_splice;
 
 use super::conn::{CloseKind, Conn, Phase, Side};
+use super::ring::{token, Op};
 use super::slab::{ConnId, Slab};
 use super::Worker;
 use crate::config::Engine;
 use crate::key::StreamKey;
 use crate::shaping::{Grant, StreamShaper};
 use crate::stats::Refusal;
+use io_uring::{opcode, types};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -58,6 +62,13 @@ impl Worker {
                 }
                 self.splice_arm_in(first);
                 self.splice_arm_in(second);
+            }
+            Engine::UringSplice => {
+                for fd in fds {
+                    set_nonblocking(fd);
+                }
+                self.us_arm_readable(first);
+                self.us_arm_readable(second);
             }
         }
     }
@@ -146,8 +157,41 @@ impl Worker {
             outcome = if kind == CloseKind::Graceful { "done" } else { "aborted" },
             "stream finished"
         );
+        self.cancel_cross_ops(id, peer);
         self.close(id, kind);
         self.close(peer, peer_kind);
+    }
+
+    /// A half's operations may wait on its peer's socket (a send, a splice or POLLOUT to
+    /// the peer), which a close does not cancel (it cancels by the half's own descriptor),
+    /// and a half with nothing in flight is closed at once, fd included. So before either
+    /// closes, cancel by both descriptors, submitted now while both are open; otherwise a
+    /// send to a receiver that never reads would keep its half (and the peer's socket)
+    /// forever.
+    fn cancel_cross_ops(&mut self, a: ConnId, b: ConnId) {
+        let busy = |w: &Self, id| w.conns.get(id).is_some_and(|c| c.inflight > 0);
+        if !busy(self, a) && !busy(self, b) {
+            return;
+        }
+        for id in [a, b] {
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if c.closing.is_some() || c.cancel_sent {
+                continue;
+            }
+            if c.inflight > 0 {
+                // This cancel is the one `close` would send.
+                c.cancel_sent = true;
+            }
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(c.fd)).all())
+                .build()
+                .user_data(token(Op::Cancel, id.idx, id.gen));
+            self.ring.push(e);
+        }
+        if let Err(e) = self.ring.ring.submit() {
+            tracing::warn!(worker = self.id, error = %e, "submitting relay cancels");
+        }
     }
 
     /// A direction failed: tear the pair down with RST.
@@ -172,6 +216,7 @@ impl Worker {
             match self.shared.config.relay.engine {
                 Engine::Copy => self.copy_arm_recv(id),
                 Engine::Splice => self.splice_pump(id),
+                Engine::UringSplice => self.us_start(id),
             }
             return;
         }
@@ -236,6 +281,8 @@ impl Worker {
             match self.shared.config.relay.engine {
                 Engine::Copy => self.copy_arm_recv(id),
                 Engine::Splice => self.splice_pump(id),
+                // Parked in `us_start` with nothing in flight and an empty pipe.
+                Engine::UringSplice => self.us_start(id),
             }
         }
     }

@@ -96,6 +96,11 @@ impl Worker {
                         Ok(n) => {
                             s.in_pipe += n;
                             s.last_active = now;
+                            // Less than asked: the socket is (almost surely) empty now, so
+                            // wait for the poll instead of a round that only gets EAGAIN.
+                            if n < room {
+                                would_block_in = true;
+                            }
                             self.pay(id, n);
                         }
                         Err(libc::EAGAIN) => would_block_in = true,
