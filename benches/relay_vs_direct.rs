@@ -1,10 +1,11 @@
 //! Relay throughput against the physical baseline, measured in one run: the same sender
 //! and receiver code moves data over direct loopback TCP, then through the proxy with each
-//! engine, for 1 pair and for 64 concurrent pairs. Prints Gbit/s and the ratio to direct.
+//! engine, for 1 pair and for 64 concurrent pairs. Prints Gbit/s and the ratio to direct:
+//! the median over the rounds of each round's ratio, and the lowest and highest.
 //!
 //! `cargo bench --bench relay_vs_direct` (env: RELAY_BENCH_GIB to change the volume,
-//! RELAY_BENCH_CASES=a,b to run only the cases whose name contains one of them, e.g.
-//! `uring` or `zc`).
+//! RELAY_BENCH_ROUNDS (default 5), RELAY_BENCH_CASES=a,b to run only the cases whose name
+//! contains one of them, e.g. `uring` or `zc`).
 
 mod support;
 
@@ -148,6 +149,11 @@ fn proxied(case: Case, pairs: usize, bytes: u64) -> f64 {
     g
 }
 
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -160,16 +166,19 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 0.05 } else { 4.0 });
-    let rounds = if quick { 1 } else { 3 };
+    let rounds = std::env::var("RELAY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 1 } else { 5 });
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "relay vs direct loopback TCP, {gib} GiB per case, {rounds} rounds (median), {cores} cores"
+        "relay vs direct loopback TCP, {gib} GiB per case, {rounds} rounds (median of per-round ratios), {cores} cores"
     );
     println!("{:<28} {:>10} {:>8}", "case", "Gbit/s", "ratio");
     for pairs in [1usize, 64] {
         let bytes = (gib * (1u64 << 30) as f64 / pairs as f64) as u64;
         let mut direct = Vec::new();
-        let mut results: Vec<(String, Vec<f64>)> = vec![];
+        let mut results: Vec<(String, Vec<(f64, f64)>)> = vec![];
         let case = |engine, workers, send_zc| Case {
             engine,
             workers,
@@ -192,31 +201,36 @@ fn main() {
             filter.is_empty() || filter.split(',').any(|f| name.contains(&f.to_lowercase()))
         })
         .collect();
+        // Each round measures direct first, then every case: a case's ratio is taken
+        // against the direct figure of its own round, so a machine that gets faster or
+        // slower between rounds (it is shared) moves both sides of the ratio together.
         for _ in 0..rounds {
-            direct.push(transfer(direct_pairs(pairs), bytes));
+            let d = transfer(direct_pairs(pairs), bytes);
+            direct.push(d);
             for (i, &c) in cases.iter().enumerate() {
                 let g = proxied(c, pairs, bytes);
                 if results.len() <= i {
                     results.push((c.name(), vec![]));
                 }
-                results[i].1.push(g);
+                results[i].1.push((g, g / d));
                 thread::sleep(Duration::from_millis(100));
             }
         }
-        let d = median(direct);
+        let (dmin, dmax) = min_max(&direct);
         println!(
-            "{:<28} {:>10.2} {:>8.2}",
+            "{:<28} {:>10.2} {:>8.2}   direct {dmin:.1}-{dmax:.1} Gbit/s",
             format!("direct, {pairs} pairs"),
-            d,
+            median(direct),
             1.0
         );
         for (name, v) in results {
-            let g = median(v);
+            let ratios: Vec<f64> = v.iter().map(|x| x.1).collect();
+            let (rmin, rmax) = min_max(&ratios);
             println!(
-                "{:<28} {:>10.2} {:>8.2}",
+                "{:<28} {:>10.2} {:>8.2}   rounds {rmin:.2}-{rmax:.2}",
                 format!("{name}, {pairs} pairs"),
-                g,
-                g / d
+                median(v.iter().map(|x| x.0).collect()),
+                median(ratios),
             );
         }
     }
