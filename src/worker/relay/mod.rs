@@ -8,6 +8,7 @@ mod splice;
 mod uring_splice;
 
 use super::conn::{CloseKind, Conn, Phase, Side};
+use super::pipes::Pipe;
 use super::ring::{token, Op};
 use super::slab::{ConnId, Slab};
 use super::Worker;
@@ -201,6 +202,32 @@ impl Worker {
             tracing::debug!(error = %std::io::Error::from_raw_os_error(err), "relay error");
         }
         self.end_relay(id, CloseKind::Abort);
+    }
+
+    /// The pipe of splice direction `id`, borrowed from the pool if it holds none. `None`
+    /// when the pool is empty (the direction then waits in `starving` for one to come
+    /// back) or a pipe cannot be made (the pair fails).
+    fn pipe_of(&mut self, id: ConnId) -> Option<Pipe> {
+        let s = self.side(id)?;
+        if let Some(p) = s.pipe {
+            return Some(p);
+        }
+        match self.pipes.borrow() {
+            Ok(Some(p)) => {
+                side_of(&mut self.conns, id)?.pipe = Some(p);
+                Some(p)
+            }
+            Ok(None) => {
+                side_of(&mut self.conns, id)?.starving = true;
+                self.starving.push_back(id);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create a pipe");
+                self.fail(id, e.raw_os_error().unwrap_or(libc::EMFILE));
+                None
+            }
+        }
     }
 
     /// A buffer or pipe came free: let the longest-waiting direction take it.

@@ -50,29 +50,8 @@ impl Worker {
         for _ in 0..ROUNDS {
             let now = self.now;
             let pipe_size = self.pipes.pipe_size();
-            let Some(s) = self.side(id) else {
+            let Some(pipe) = self.pipe_of(id) else {
                 return;
-            };
-            let pipe = match s.pipe {
-                Some(p) => p,
-                None => match self.pipes.borrow() {
-                    Ok(Some(p)) => {
-                        let s = side_of(&mut self.conns, id).expect("checked above");
-                        s.pipe = Some(p);
-                        p
-                    }
-                    Ok(None) => {
-                        let s = side_of(&mut self.conns, id).expect("checked above");
-                        s.starving = true;
-                        self.starving.push_back(id);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot create a pipe");
-                        self.fail(id, e.raw_os_error().unwrap_or(libc::EMFILE));
-                        return;
-                    }
-                },
             };
             let s = side_of(&mut self.conns, id).expect("checked above");
             let mut would_block_in = false;

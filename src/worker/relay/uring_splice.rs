@@ -88,28 +88,8 @@ impl Worker {
                 Grant::QuotaUsed => return self.quota_cut(id),
             }
         }
-        let Some(s) = self.side(id) else {
+        let Some(pipe) = self.pipe_of(id) else {
             return;
-        };
-        let pipe = match s.pipe {
-            Some(p) => p,
-            None => match self.pipes.borrow() {
-                Ok(Some(p)) => {
-                    side_of(&mut self.conns, id).expect("checked above").pipe = Some(p);
-                    p
-                }
-                Ok(None) => {
-                    let s = side_of(&mut self.conns, id).expect("checked above");
-                    s.starving = true;
-                    self.starving.push_back(id);
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create a pipe");
-                    self.fail(id, e.raw_os_error().unwrap_or(libc::EMFILE));
-                    return;
-                }
-            },
         };
         // Read after the borrow: creating the first pipe may settle the size.
         let pipe_size = self.pipes.pipe_size();
