@@ -104,6 +104,13 @@ impl QuotaConfig {
                     format!("{} is not a file path", p.display()),
                 ));
             }
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(d) = dir.filter(|d| !d.is_dir()) {
+                return Err(invalid(
+                    "quota.store",
+                    format!("its directory {} does not exist", d.display()),
+                ));
+            }
         }
         Ok(())
     }
@@ -141,6 +148,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("quota.store"));
+        let q = QuotaConfig {
+            store: Some("/no/such/dir/quota.redb".into()),
+            ..Default::default()
+        };
+        let e = q.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("quota.store") && e.contains("/no/such/dir"),
+            "{e}"
+        );
     }
 
     #[test]
