@@ -32,7 +32,7 @@ pub struct Common {
     #[arg(long, global = true, value_name = "FILE", conflicts_with = "proxy")]
     pub proxy_config: Option<PathBuf>,
     /// Relay engine of the spawned proxy.
-    #[arg(long, global = true, value_parser = ["copy", "splice"], conflicts_with = "proxy")]
+    #[arg(long, global = true, value_parser = ["copy", "splice", "uring-splice"], conflicts_with = "proxy")]
     pub engine: Option<String>,
     /// Worker threads of the spawned proxy.
     #[arg(long, global = true, conflicts_with = "proxy")]
