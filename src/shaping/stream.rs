@@ -73,6 +73,9 @@ impl StreamShaper {
 
     /// Bytes left today under the tightest quota; `None` when no quota applies.
     pub fn quota_left(&self) -> Option<u64> {
+        if self.accounts.is_empty() {
+            return None;
+        }
         let today = utc_day(SystemTime::now());
         self.accounts
             .iter()

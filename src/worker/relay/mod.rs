@@ -283,13 +283,6 @@ impl Worker {
         }
     }
 
-    /// Pays the shaper of direction `id` for `n` bytes read.
-    fn pay(&mut self, id: ConnId, n: usize) {
-        if let Some(sh) = self.side(id).and_then(|s| s.shaper.as_ref()) {
-            sh.paid(n);
-        }
-    }
-
     /// Resumes the directions whose shaping wait is over.
     pub(in crate::worker) fn resume_throttled(&mut self) {
         while let Some(&std::cmp::Reverse((at, idx, gen))) = self.throttled.peek() {

@@ -80,7 +80,9 @@ impl Worker {
                             if n < room {
                                 would_block_in = true;
                             }
-                            self.pay(id, n);
+                            if let Some(sh) = &s.shaper {
+                                sh.paid(n);
+                            }
                         }
                         Err(libc::EAGAIN) => would_block_in = true,
                         Err(e) => {
