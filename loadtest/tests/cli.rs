@@ -1,14 +1,11 @@
 //! The binary: argument errors, the direct scenario with a report directory, a proxy
 //! that fails to start, and a whole run against an external (test) proxy.
 
+mod common;
 mod support;
 
-use std::process::Command;
+use common::{generator as bin, run_passing};
 use std::time::Duration;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_streamhost-loadtest"))
-}
 
 #[test]
 fn bad_arguments_give_a_clear_message() {
@@ -27,20 +24,11 @@ fn bad_arguments_give_a_clear_message() {
 #[test]
 fn direct_run_writes_report_and_svg() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin()
-        .args(["direct", "--pairs", "1,2", "--bytes", "16MiB", "--report"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("aggregate, 2 pairs") && stdout.contains("PASS"),
-        "{stdout}"
+    run_passing(
+        bin()
+            .args(["direct", "--pairs", "1,2", "--bytes", "16MiB", "--report"])
+            .arg(dir.path()),
+        &["aggregate, 2 pairs", "PASS"],
     );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
@@ -95,27 +83,18 @@ fn external_proxy_with_embedded_xmpp_end_to_end() {
         std::thread::sleep(Duration::from_secs(30));
         drop(p);
     });
-    let out = bin()
-        .args([
-            "--xmpp-listen",
-            &xmpp.to_string(),
-            "--secret",
-            "s",
-            "--proxy",
-        ])
-        .arg(socks.to_string())
-        .args(["bulk", "--pairs", "2", "--bytes", "16MiB", "--both-ways"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("external 127.0.0.1") && stdout.contains("PASS"),
-        "{stdout}"
+    let stdout = run_passing(
+        bin()
+            .args([
+                "--xmpp-listen",
+                &xmpp.to_string(),
+                "--secret",
+                "s",
+                "--proxy",
+            ])
+            .arg(socks.to_string())
+            .args(["bulk", "--pairs", "2", "--bytes", "16MiB", "--both-ways"]),
+        &["external 127.0.0.1", "PASS"],
     );
     // A ratio to direct is printed for the aggregate.
     let line = stdout
@@ -137,25 +116,15 @@ fn spawn_writes_config_waits_for_component_and_stops_the_proxy() {
     let bin_path = fake_proxy_bin();
     assert!(bin_path.is_file(), "{} not built", bin_path.display());
     let dir = tempfile::tempdir().unwrap();
-    let out = bin()
-        .arg("--proxy-bin")
-        .arg(&bin_path)
-        .args(["--engine", "splice", "--report"])
-        .arg(dir.path())
-        .args(["idle", "--pairs", "20", "--hold", "1"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_passing(
+        bin()
+            .arg("--proxy-bin")
+            .arg(&bin_path)
+            .args(["--engine", "splice", "--report"])
+            .arg(dir.path())
+            .args(["idle", "--pairs", "20", "--hold", "1"]),
+        &["spawned", "engine splice", "proxy fds during"],
     );
-    assert!(
-        stdout.contains("spawned") && stdout.contains("engine splice"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("proxy fds during"), "{stdout}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
             .unwrap();

@@ -1,32 +1,24 @@
 //! Every scenario against streamhost's real io_uring data plane, run inside the generator
 //! (`--xmpp in-process`: activation through the data plane's API). Small, bounded loads.
 
-use std::process::Command;
+mod common;
+
+use common::{generator, run_passing};
 
 fn run(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_streamhost-loadtest"))
-        .args([
-            "--xmpp",
-            "in-process",
-            "--time-limit",
-            "60",
-            "--io-timeout",
-            "10",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{args:?}:\n{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("PASS") && stdout.contains("in-process"),
-        "{stdout}"
-    );
-    stdout
+    run_passing(
+        generator()
+            .args([
+                "--xmpp",
+                "in-process",
+                "--time-limit",
+                "60",
+                "--io-timeout",
+                "10",
+            ])
+            .args(args),
+        &["PASS", "in-process"],
+    )
 }
 
 #[test]

@@ -1,29 +1,21 @@
 //! The real `streamhost` binary (built next to the generator by `cargo test --workspace`),
 //! spawned with a generated config, its component connected to the embedded XMPP server.
 
-use std::process::Command;
+mod common;
+
+use common::{generator, run_passing};
 
 fn run(args: &[&str]) -> String {
     let bin = streamhost_loadtest::proxy_proc::default_bin();
     assert!(bin.is_file(), "{} not built", bin.display());
-    let out = Command::new(env!("CARGO_BIN_EXE_streamhost-loadtest"))
-        .arg("--proxy-bin")
-        .arg(&bin)
-        .args(["--time-limit", "60", "--io-timeout", "10"])
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{args:?}:\n{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("PASS") && stdout.contains("spawned"),
-        "{stdout}"
-    );
-    stdout
+    run_passing(
+        generator()
+            .arg("--proxy-bin")
+            .arg(&bin)
+            .args(["--time-limit", "60", "--io-timeout", "10"])
+            .args(args),
+        &["PASS", "spawned"],
+    )
 }
 
 #[test]
