@@ -107,13 +107,7 @@ impl Handle {
     /// Like `activate`, but calls `done` on the owner core instead of blocking: for
     /// async callers (wrap a oneshot sender in it). `done` must be quick.
     pub fn activate_then(&self, key: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>) {
-        let owner = self.shared.router.owner(key);
-        self.shared.mailboxes[owner].send(Msg::Activate {
-            key: *key,
-            requester: None,
-            guard: None,
-            done,
-        });
+        self.send_activate(key, None, None, done);
     }
 
     /// Like `activate_then`, on behalf of `requester` (a bare JID: its account and domain
@@ -126,11 +120,22 @@ impl Handle {
         guard: Box<dyn Send>,
         done: Box<dyn FnOnce(ActivationOutcome) + Send>,
     ) {
+        self.send_activate(key, Some(requester.into()), Some(guard), done);
+    }
+
+    /// Hands an activation to the key's owner core.
+    fn send_activate(
+        &self,
+        key: &StreamKey,
+        requester: Option<Box<str>>,
+        guard: Option<Box<dyn Send>>,
+        done: Box<dyn FnOnce(ActivationOutcome) + Send>,
+    ) {
         let owner = self.shared.router.owner(key);
         self.shared.mailboxes[owner].send(Msg::Activate {
             key: *key,
-            requester: Some(requester.into()),
-            guard: Some(guard),
+            requester,
+            guard,
             done,
         });
     }

@@ -78,35 +78,28 @@ enum Raw {
     Text(String),
 }
 
-impl<'de> Deserialize<'de> for ByteRate {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteRate(n)),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+/// Deserialize (an integer, or a string with a unit) and Display for both types.
+macro_rules! quantity {
+    ($t:ident, $unit:literal) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                match Raw::deserialize(d)? {
+                    Raw::Int(n) => Ok($t(n)),
+                    Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+                }
+            }
         }
-    }
-}
 
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{} {}", self.0, $unit)
+            }
         }
-    }
+    };
 }
 
-impl fmt::Display for ByteRate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} B/s", self.0)
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} B", self.0)
-    }
-}
+quantity!(ByteRate, "B/s");
+quantity!(ByteSize, "B");
 
 #[cfg(test)]
 mod tests {
