@@ -13,6 +13,7 @@
 pub mod collect;
 pub mod http;
 
+use crate::async_thread::AsyncThread;
 use crate::control::{ConnState, ControlStatus};
 use crate::server::Handle;
 use collect::Sources;
@@ -21,7 +22,6 @@ use prometheus_client::registry::Registry;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,8 +37,7 @@ pub const MAX_CLIENTS: usize = 16;
 #[derive(Debug)]
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
+    thread: AsyncThread,
 }
 
 /// Binds `addr` and serves `/metrics` and `/ready` for `data` (and `control`, when the
@@ -52,20 +51,12 @@ pub fn serve(
         .map_err(|e| io::Error::new(e.kind(), format!("metrics.listen {addr}: {e}")))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (stop, stop_rx) = watch::channel(false);
     let sources = Sources { data, control };
-    let thread = std::thread::Builder::new()
-        .name("streamhost-metrics".into())
-        .spawn(move || rt.block_on(run(listener, sources, stop_rx)))?;
+    let thread = AsyncThread::spawn("streamhost-metrics", move |stop| {
+        run(listener, sources, stop)
+    })?;
     info!(%addr, "metrics listening");
-    Ok(MetricsServer {
-        addr,
-        stop,
-        thread: Some(thread),
-    })
+    Ok(MetricsServer { addr, thread })
 }
 
 impl MetricsServer {
@@ -76,22 +67,7 @@ impl MetricsServer {
 
     /// Stops listening and joins the thread.
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                warn!("metrics thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.thread.stop();
     }
 }
 

@@ -14,6 +14,7 @@ use super::service::{Action, Service};
 use super::stream_limit::StreamsPerJid;
 use super::telemetry::{is_activation, ActivationReply, ActivationSnapshot, ActivationStats};
 use super::Activator;
+use crate::async_thread::AsyncThread;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use jid::Jid;
@@ -22,7 +23,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
@@ -83,8 +83,7 @@ pub struct ControlHandle {
     acl: Arc<std::sync::RwLock<super::acl::Acl>>,
     /// Outlives reconnects: relays keep their slots while the link is re-established.
     limit: Arc<StreamsPerJid>,
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
+    thread: AsyncThread,
 }
 
 /// A cheap, cloneable read-only view of the control plane for metrics and readiness;
@@ -153,22 +152,7 @@ impl ControlHandle {
 
     /// Closes the stream and joins the thread.
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                warn!("component thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for ControlHandle {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.thread.stop();
     }
 }
 
@@ -179,24 +163,19 @@ pub fn spawn(
     activator: Arc<dyn Activator>,
 ) -> io::Result<ControlHandle> {
     let shared = Arc::new(Shared::default());
-    let (stop, stop_rx) = watch::channel(false);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let sh = shared.clone();
     let service = Service::new(&settings);
     let acl = service.acl_handle();
     let limit = StreamsPerJid::new(settings.max_streams_per_jid);
     let lim = limit.clone();
-    let thread = std::thread::Builder::new()
-        .name("streamhost-xmpp".into())
-        .spawn(move || rt.block_on(run(settings, service, activator, sh, lim, stop_rx)))?;
+    let thread = AsyncThread::spawn("streamhost-xmpp", move |stop| {
+        run(settings, service, activator, sh, lim, stop)
+    })?;
     Ok(ControlHandle {
         shared,
         acl,
         limit,
-        stop,
-        thread: Some(thread),
+        thread,
     })
 }
 
