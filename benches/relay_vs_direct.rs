@@ -5,7 +5,10 @@
 //!
 //! `cargo bench --bench relay_vs_direct` (env: RELAY_BENCH_GIB to change the volume,
 //! RELAY_BENCH_ROUNDS (default 5), RELAY_BENCH_CASES=a,b to run only the cases whose name
-//! contains one of them, e.g. `uring` or `zc`).
+//! contains one of them, e.g. `uring` or `zc` (`^splice`: starting with it); RELAY_BENCH_PAIRS (default `1,64`) and
+//! RELAY_BENCH_WORKERS (default `1,<cores>`) as lists; for scaling runs on larger machines
+//! RELAY_BENCH_WORKER_CPUS and RELAY_BENCH_CLIENT_CPUS as CPU lists like `0-7,12`: the
+//! workers are pinned one per CPU of the first, the client threads kept on the second).
 
 mod support;
 
@@ -30,8 +33,32 @@ fn lower_priority() {
     }
 }
 
-fn sender(mut s: TcpStream, bytes: u64) {
+/// A CPU list such as `0-3,8`, as in taskset(1) and /sys.
+fn cpu_list(text: &str) -> Vec<usize> {
+    let mut cpus = vec![];
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.trim().parse().unwrap(), b.trim().parse().unwrap());
+        cpus.extend(a..=b);
+    }
+    cpus
+}
+
+fn env_cpus(key: &str) -> Vec<usize> {
+    std::env::var(key).map(|v| cpu_list(&v)).unwrap_or_default()
+}
+
+/// Each client thread: lower priority, and the client CPUs when a scaling run sets them.
+fn client_thread() {
     lower_priority();
+    let cpus = env_cpus("RELAY_BENCH_CLIENT_CPUS");
+    if !cpus.is_empty() {
+        streamhost::affinity::pin_current_thread(&cpus).unwrap();
+    }
+}
+
+fn sender(mut s: TcpStream, bytes: u64) {
+    client_thread();
     let buf = vec![0x5au8; CHUNK];
     let mut left = bytes;
     while left > 0 {
@@ -43,7 +70,7 @@ fn sender(mut s: TcpStream, bytes: u64) {
 }
 
 fn receiver(mut s: TcpStream) -> u64 {
-    lower_priority();
+    client_thread();
     let mut buf = vec![0u8; CHUNK];
     let mut got = 0u64;
     loop {
@@ -113,10 +140,16 @@ fn proxied(case: Case, pairs: usize, bytes: u64) -> f64 {
     let mut c = Config {
         workers,
         listen: vec!["127.0.0.1:0".parse().unwrap()],
+        // Every client is 127.0.0.1: the per-address cap (256) would refuse 128+ pairs.
+        max_connections_per_ip: 0,
         ..Config::default()
     };
     c.relay.engine = engine;
     c.relay.send_zc = send_zc;
+    c.worker_cpus = env_cpus("RELAY_BENCH_WORKER_CPUS")
+        .into_iter()
+        .take(workers)
+        .collect();
     // Engine sizing can be varied without a rebuild: RELAY_BENCH_BUF (bytes per buffer),
     // RELAY_BENCH_NBUF (buffers per worker), RELAY_BENCH_PIPE (pipe size), RELAY_BENCH_NPIPE
     // (pipes per worker).
@@ -175,7 +208,15 @@ fn main() {
         "relay vs direct loopback TCP, {gib} GiB per case, {rounds} rounds (median of per-round ratios), {cores} cores"
     );
     println!("{:<28} {:>10} {:>8}", "case", "Gbit/s", "ratio");
-    for pairs in [1usize, 64] {
+    let list = |key: &str, default: Vec<usize>| {
+        std::env::var(key).map_or(default, |v| {
+            v.split(',').map(|x| x.trim().parse().unwrap()).collect()
+        })
+    };
+    let pair_counts = list("RELAY_BENCH_PAIRS", vec![1, 64]);
+    let mut worker_counts = list("RELAY_BENCH_WORKERS", vec![1, cores]);
+    worker_counts.dedup();
+    for pairs in pair_counts {
         let bytes = (gib * (1u64 << 30) as f64 / pairs as f64) as u64;
         let mut direct = Vec::new();
         let mut results: Vec<(String, Vec<(f64, f64)>)> = vec![];
@@ -185,22 +226,28 @@ fn main() {
             send_zc,
         };
         let filter = std::env::var("RELAY_BENCH_CASES").unwrap_or_default();
-        let cases: Vec<Case> = [
-            case(Engine::Copy, 1, false),
-            case(Engine::Copy, cores, false),
-            case(Engine::Copy, 1, true),
-            case(Engine::Copy, cores, true),
-            case(Engine::Splice, 1, false),
-            case(Engine::Splice, cores, false),
-            case(Engine::UringSplice, 1, false),
-            case(Engine::UringSplice, cores, false),
-        ]
-        .into_iter()
-        .filter(|c| {
-            let name = c.name().to_lowercase();
-            filter.is_empty() || filter.split(',').any(|f| name.contains(&f.to_lowercase()))
-        })
-        .collect();
+        let engines = [
+            (Engine::Copy, false),
+            (Engine::Copy, true),
+            (Engine::Splice, false),
+            (Engine::UringSplice, false),
+        ];
+        let cases: Vec<Case> = engines
+            .iter()
+            .flat_map(|&(e, zc)| worker_counts.iter().map(move |&w| case(e, w, zc)))
+            .filter(|c| {
+                let name = c.name().to_lowercase();
+                // `^x` matches names starting with x (`^splice` leaves out uring-splice).
+                filter.is_empty()
+                    || filter
+                        .split(',')
+                        .map(str::to_lowercase)
+                        .any(|f| match f.strip_prefix('^') {
+                            Some(p) => name.starts_with(p),
+                            None => name.contains(&f),
+                        })
+            })
+            .collect();
         // Each round measures direct first, then every case: a case's ratio is taken
         // against the direct figure of its own round, so a machine that gets faster or
         // slower between rounds (it is shared) moves both sides of the ratio together.

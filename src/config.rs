@@ -52,6 +52,9 @@ pub struct Socks5Auth {
 pub struct Config {
     /// Worker threads, one ring each; 0 means one per available core.
     pub workers: usize,
+    /// CPUs to pin the workers to, worker i on `worker_cpus[i % len]`; empty = not pinned
+    /// (the scheduler places them).
+    pub worker_cpus: Vec<usize>,
     /// SOCKS5 listen addresses; every worker gets its own SO_REUSEPORT socket on each.
     pub listen: Vec<SocketAddr>,
     /// listen(2) backlog of each shard.
@@ -115,6 +118,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             workers: 0,
+            worker_cpus: Vec::new(),
             listen: vec![
                 "0.0.0.0:7777".parse().expect("literal"),
                 "[::]:7777".parse().expect("literal"),
@@ -216,11 +220,37 @@ impl Config {
         (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
     }
 
+    /// Every listed CPU once, and each one this process may run on.
+    fn validate_worker_cpus(&self) -> Result<(), ConfigError> {
+        if self.worker_cpus.is_empty() {
+            return Ok(());
+        }
+        let allowed = crate::affinity::allowed_cpus().map_err(|e| {
+            invalid(
+                "worker_cpus",
+                format!("cannot read this process's CPUs: {e}"),
+            )
+        })?;
+        for (i, c) in self.worker_cpus.iter().enumerate() {
+            if self.worker_cpus[..i].contains(c) {
+                return Err(invalid("worker_cpus", format!("CPU {c} is listed twice")));
+            }
+            if !allowed.contains(c) {
+                return Err(invalid(
+                    "worker_cpus",
+                    format!("CPU {c} is not one this process may run on ({allowed:?})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every value; the first problem found names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.workers > 1024 {
             return Err(invalid("workers", "at most 1024"));
         }
+        self.validate_worker_cpus()?;
         if self.listen.is_empty() {
             return Err(invalid("listen", "at least one address is needed"));
         }
@@ -374,6 +404,26 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.relay.engine, Engine::Splice);
         assert_eq!(c.socks5_auth.unwrap().username, "u");
+    }
+
+    #[test]
+    fn worker_cpus_must_be_distinct_cpus_of_this_process() {
+        let allowed = crate::affinity::allowed_cpus().unwrap();
+        let c =
+            Config::from_toml_str(&format!("worker_cpus = [{}]", allowed[0]), "x.toml").unwrap();
+        c.validate().unwrap();
+        let mut c = Config {
+            worker_cpus: vec![allowed[0], allowed[0]],
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("`worker_cpus`") && e.contains("twice"), "{e}");
+        c.worker_cpus = vec![libc::CPU_SETSIZE as usize + 1];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("`worker_cpus`") && e.contains("may run on"),
+            "{e}"
+        );
     }
 
     #[test]

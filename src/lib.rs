@@ -4,6 +4,7 @@
 //! by key in per-core rendezvous tables and relays activated pairs. The protocol logic
 //! (`socks5`, `rendezvous`, `key`) is sans-IO. See ARCHITECTURE.md.
 
+pub mod affinity;
 mod async_thread;
 pub mod config;
 pub mod control;

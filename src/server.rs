@@ -168,6 +168,9 @@ impl Handle {
         if old.worker_count() != new.worker_count() {
             restart.push("workers");
         }
+        if old.worker_cpus != new.worker_cpus {
+            restart.push("worker_cpus");
+        }
         if old.relay != new.relay {
             restart.push("relay");
         }

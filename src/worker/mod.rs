@@ -459,6 +459,13 @@ pub(crate) fn run_worker(
     listeners: Vec<Socket>,
     ready: std::sync::mpsc::Sender<io::Result<()>>,
 ) {
+    let cpus = &shared.config.worker_cpus;
+    if !cpus.is_empty() {
+        // Validated at start; a failure here (the mask changed since) costs only the pinning.
+        if let Err(e) = crate::affinity::pin_current_thread(&[cpus[id % cpus.len()]]) {
+            tracing::warn!(worker = id, error = %e, "cannot pin worker to its CPU");
+        }
+    }
     match Worker::new(id, shared, listeners) {
         Ok(w) => {
             let _ = ready.send(Ok(()));

@@ -1,0 +1,69 @@
+//! Pinning threads to CPUs (`worker_cpus`): the one place that calls sched_*affinity.
+
+use std::io;
+
+/// The CPUs this process may run on (its affinity mask), in ascending order.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain bits; zeroed is the empty set. sched_getaffinity writes at
+    // most size_of::<cpu_set_t>() bytes into the set we own, for the calling thread (0).
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        set
+    };
+    // SAFETY: CPU_ISSET reads one bit of a set we own; i stays below CPU_SETSIZE.
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect())
+}
+
+/// Restricts the calling thread to `cpus` (any of them; one CPU pins it).
+pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    if cpus.is_empty() || cpus.iter().any(|&c| c >= libc::CPU_SETSIZE as usize) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU list {cpus:?} is empty or out of range"),
+        ));
+    }
+    // SAFETY: as above; CPU_SET writes bits below CPU_SETSIZE (checked) of a set we own,
+    // and sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_pinned_to_one_allowed_cpu_runs_only_there() {
+        let allowed = allowed_cpus().unwrap();
+        assert!(!allowed.is_empty());
+        let last = *allowed.last().unwrap();
+        std::thread::spawn(move || {
+            pin_current_thread(&[last]).unwrap();
+            assert_eq!(allowed_cpus().unwrap(), vec![last]);
+            // SAFETY: sched_getcpu takes no arguments.
+            let now = unsafe { libc::sched_getcpu() };
+            assert_eq!(now as usize, last);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn an_empty_or_impossible_list_is_refused() {
+        assert!(pin_current_thread(&[]).is_err());
+        assert!(pin_current_thread(&[libc::CPU_SETSIZE as usize]).is_err());
+    }
+}
