@@ -8,12 +8,12 @@ use support::prosody::Prosody;
 
 #[test]
 fn activations_through_prosody_reach_the_proxy() {
-    let prosody = Prosody::start(&[
+    let prosody = Prosody::with_components(&[
         ("proxy.localhost", "p-secret"),
         ("lt.localhost", "l-secret"),
     ]);
     let proxy = support::MiniProxy::start(
-        prosody.component,
+        prosody.component(),
         "proxy.localhost",
         "p-secret",
         support::Fault::None,
@@ -22,7 +22,7 @@ fn activations_through_prosody_reach_the_proxy() {
         .arg("--xmpp")
         .arg(format!(
             "component:{}:lt.localhost:l-secret",
-            prosody.component
+            prosody.component()
         ))
         .arg("--proxy")
         .arg(proxy.addr.to_string())
@@ -52,10 +52,13 @@ fn activations_through_prosody_reach_the_proxy() {
 
 #[test]
 fn wrong_component_secret_is_a_clear_error() {
-    let prosody = Prosody::start(&[("lt.localhost", "l-secret")]);
+    let prosody = Prosody::with_components(&[("lt.localhost", "l-secret")]);
     let out = Command::new(env!("CARGO_BIN_EXE_streamhost-loadtest"))
         .arg("--xmpp")
-        .arg(format!("component:{}:lt.localhost:nope", prosody.component))
+        .arg(format!(
+            "component:{}:lt.localhost:nope",
+            prosody.component()
+        ))
         .args(["--proxy", "127.0.0.1:9", "setup", "--count", "1"])
         .output()
         .unwrap();

@@ -1,7 +1,8 @@
 //! A throwaway Prosody for one test: its own config, data, pidfile and log in a temp
-//! dir, 127.0.0.1 only, free ports chosen at run time; killed on drop.
+//! dir, 127.0.0.1 only, free ports chosen at run time; killed on drop. The load
+//! generator's tests use it too (`loadtest/tests/support/mod.rs` includes this file).
 
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ pub const SECRET: &str = "interop-secret-5f1c";
 pub struct Prosody {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The hosts and components of the config (after the global settings).
+    hosts: String,
     pub c2s_port: u16,
     pub component_port: u16,
 }
@@ -30,12 +33,36 @@ fn free_port() -> u16 {
 }
 
 impl Prosody {
-    /// Writes the config, registers `users` (name, domain, password) and starts Prosody.
+    /// The project's deploy snippet (component `PROXY_JID` on host `DOMAIN`) and a second
+    /// host `OTHER_DOMAIN`; registers `users` (name, domain, password) and starts Prosody.
     pub fn start(users: &[(&str, &str, &str)]) -> Prosody {
+        let snippet = SNIPPET
+            .replace("proxy.example.org", PROXY_JID)
+            .replace("CHANGE-ME", SECRET);
+        assert!(snippet.contains(&format!("Component \"{PROXY_JID}\"")));
+        assert!(snippet.contains(SECRET));
+        let hosts =
+            format!("VirtualHost \"{DOMAIN}\"\n\n{snippet}\n\nVirtualHost \"{OTHER_DOMAIN}\"\n");
+        Self::start_with(hosts, users)
+    }
+
+    /// Host `DOMAIN` and one external component per (jid, secret), no users.
+    pub fn with_components(components: &[(&str, &str)]) -> Prosody {
+        let mut hosts = format!("VirtualHost \"{DOMAIN}\"\n");
+        for (jid, secret) in components {
+            hosts.push_str(&format!(
+                "\nComponent \"{jid}\"\n    component_secret = \"{secret}\"\n"
+            ));
+        }
+        Self::start_with(hosts, &[])
+    }
+
+    fn start_with(hosts: String, users: &[(&str, &str, &str)]) -> Prosody {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut p = Prosody {
             dir,
             child: None,
+            hosts,
             c2s_port: free_port(),
             component_port: free_port(),
         };
@@ -65,16 +92,15 @@ impl Prosody {
     }
 
     pub fn component_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.component_port)
+        self.component().to_string()
+    }
+
+    pub fn component(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.component_port).into()
     }
 
     fn config(&self) -> String {
         let d = self.dir.path().display();
-        let snippet = SNIPPET
-            .replace("proxy.example.org", PROXY_JID)
-            .replace("CHANGE-ME", SECRET);
-        assert!(snippet.contains(&format!("Component \"{PROXY_JID}\"")));
-        assert!(snippet.contains(SECRET));
         format!(
             r#"
 run_as_root = true
@@ -93,12 +119,8 @@ allow_unencrypted_plain_auth = true
 authentication = "internal_plain"
 storage = "internal"
 
-VirtualHost "{DOMAIN}"
-
-{snippet}
-
-VirtualHost "{OTHER_DOMAIN}"
-"#,
+{hosts}"#,
+            hosts = self.hosts,
             c2s = self.c2s_port,
             comp = self.component_port,
         )

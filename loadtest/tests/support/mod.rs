@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+/// The Prosody harness of streamhost's own interop tests (one copy for both crates).
+#[path = "../../../tests/support/prosody.rs"]
 pub mod prosody;
 
 use std::collections::HashMap;
