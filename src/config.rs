@@ -167,12 +167,19 @@ pub enum ConfigError {
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("config key `{key}`: {problem}")]
-    Invalid { key: &'static str, problem: String },
+    Invalid {
+        key: std::borrow::Cow<'static, str>,
+        problem: String,
+    },
 }
 
-pub(crate) fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+/// A problem with `key` (a dotted path, built at run time for map entries).
+pub(crate) fn invalid(
+    key: impl Into<std::borrow::Cow<'static, str>>,
+    problem: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         problem: problem.into(),
     }
 }

@@ -144,6 +144,43 @@ fn an_account_shares_its_rate_and_others_keep_theirs() {
 }
 
 #[test]
+fn a_domain_override_gives_its_accounts_their_own_rate() {
+    let (common, vip) = (4 * MIB, 10 * MIB);
+    let (h, addr) = shaped(Engine::Splice, |c| {
+        c.shaping.jid_rate = ByteRate(common);
+        c.shaping.domains.insert(
+            "vip.example.org".into(),
+            streamhost::shaping::config::DomainShaping {
+                jid_rate: Some(ByteRate(vip)),
+                ..Default::default()
+            },
+        );
+    });
+    let (a_tx, a_rx) = pair(&h, addr, 1, "romeo@example.org");
+    let (b_tx, b_rx) = pair(&h, addr, 2, "juliet@vip.example.org");
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_millis(2600);
+    let (a, b) = (record(a_rx, end), record(b_rx, end));
+    flood(a_tx);
+    flood(b_tx);
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    let (from, to) = (
+        t0 + Duration::from_millis(500),
+        t0 + Duration::from_millis(2500),
+    );
+    assert_within_10pct(
+        rate(&[&a], from, to),
+        common,
+        "an account of another domain",
+    );
+    assert_within_10pct(
+        rate(&[&b], from, to),
+        vip,
+        "an account of the overridden domain",
+    );
+}
+
+#[test]
 fn the_global_rate_caps_all_streams_together() {
     let set = 12 * MIB;
     let (h, addr) = shaped(Engine::Copy, |c| c.shaping.global_rate = ByteRate(set));

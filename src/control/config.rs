@@ -2,7 +2,7 @@
 //! component, what it advertises, and whom it serves.
 
 use super::acl::{Acl, Entry};
-use crate::config::ConfigError;
+use crate::config::{invalid, ConfigError};
 use jid::BareJid;
 use serde::Deserialize;
 use std::fmt;
@@ -99,13 +99,6 @@ pub struct ControlSettings {
     pub domains: Vec<String>,
     pub acl: Acl,
     pub max_streams_per_jid: u32,
-}
-
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        problem: problem.into(),
-    }
 }
 
 /// "host:port" -> (host without IPv6 brackets, port).

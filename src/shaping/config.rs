@@ -4,6 +4,7 @@
 use super::units::{ByteRate, ByteSize};
 use crate::config::{invalid, ConfigError};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Token-bucket rates in bytes per second over both directions of a stream together;
@@ -22,6 +23,26 @@ pub struct ShapingConfig {
     /// How far ahead of its rate a bucket lets traffic run after an idle spell, in
     /// milliseconds of that rate.
     pub burst_ms: u64,
+    /// Per requester domain: rates that replace the ones above for its accounts.
+    pub domains: BTreeMap<String, DomainShaping>,
+}
+
+/// `[shaping.domains."example.org"]`: each rate set here replaces the section's own for
+/// streams activated by accounts of that domain; the others are inherited.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainShaping {
+    pub stream_rate: Option<ByteRate>,
+    pub jid_rate: Option<ByteRate>,
+    pub domain_rate: Option<ByteRate>,
+}
+
+/// The rates that apply to one stream's requester.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rates {
+    pub stream: ByteRate,
+    pub jid: ByteRate,
+    pub domain: ByteRate,
 }
 
 impl Default for ShapingConfig {
@@ -32,6 +53,7 @@ impl Default for ShapingConfig {
             domain_rate: ByteRate(0),
             global_rate: ByteRate(0),
             burst_ms: 200,
+            domains: BTreeMap::new(),
         }
     }
 }
@@ -44,18 +66,73 @@ pub struct QuotaConfig {
     pub domain_bytes_per_day: ByteSize,
     /// The embedded database that keeps the day's counts across restarts.
     pub store: Option<PathBuf>,
+    /// Per requester domain: quotas that replace the ones above for it and its accounts.
+    pub domains: BTreeMap<String, DomainQuota>,
+}
+
+/// `[quota.domains."example.org"]`: each quota set here (0 = none) replaces the
+/// section's own for that domain and its accounts; the other is inherited.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainQuota {
+    pub jid_bytes_per_day: Option<ByteSize>,
+    pub domain_bytes_per_day: Option<ByteSize>,
+}
+
+/// A domain key of `shaping.domains` / `quota.domains`: what a JID's domain part can be
+/// after normalisation (the server hands the proxy lowercase bare JIDs).
+fn check_domain(section: &str, d: &str) -> Result<(), ConfigError> {
+    if d.is_empty() || d.contains(['@', '/']) || d.chars().any(|c| c.is_uppercase()) {
+        return Err(invalid(
+            format!("{section}.domains"),
+            format!("{d:?} is not a lowercase domain name"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one rate: 0 (no limit) or at least 1 KiB/s.
+fn check_rate(
+    key: impl Into<std::borrow::Cow<'static, str>>,
+    r: ByteRate,
+) -> Result<(), ConfigError> {
+    if r.0 != 0 && r.0 < 1024 {
+        return Err(invalid(
+            key,
+            format!("{r} is below 1 KiB/s; use 0 for no limit"),
+        ));
+    }
+    Ok(())
 }
 
 impl ShapingConfig {
     pub fn enabled(&self) -> bool {
+        let overrides = self.domains.values().flat_map(|d| {
+            [d.stream_rate, d.jid_rate, d.domain_rate]
+                .into_iter()
+                .flatten()
+        });
         [
             self.stream_rate,
             self.jid_rate,
             self.domain_rate,
             self.global_rate,
         ]
-        .iter()
+        .into_iter()
+        .chain(overrides)
         .any(|r| r.0 > 0)
+    }
+
+    /// The rates for a requester of `domain` (`None`: no requester known).
+    pub fn rates_for(&self, domain: Option<&str>) -> Rates {
+        let o = domain.and_then(|d| self.domains.get(d));
+        let pick =
+            |f: fn(&DomainShaping) -> Option<ByteRate>, own: ByteRate| o.and_then(f).unwrap_or(own);
+        Rates {
+            stream: pick(|d| d.stream_rate, self.stream_rate),
+            jid: pick(|d| d.jid_rate, self.jid_rate),
+            domain: pick(|d| d.domain_rate, self.domain_rate),
+        }
     }
 
     /// The burst of a bucket with `rate`: `burst_ms` of it, and at least 16 KiB so that a
@@ -71,11 +148,18 @@ impl ShapingConfig {
             ("shaping.domain_rate", self.domain_rate),
             ("shaping.global_rate", self.global_rate),
         ] {
-            if r.0 != 0 && r.0 < 1024 {
-                return Err(invalid(
-                    key,
-                    format!("{r} is below 1 KiB/s; use 0 for no limit"),
-                ));
+            check_rate(key, r)?;
+        }
+        for (d, o) in &self.domains {
+            check_domain("shaping", d)?;
+            for (name, r) in [
+                ("stream_rate", o.stream_rate),
+                ("jid_rate", o.jid_rate),
+                ("domain_rate", o.domain_rate),
+            ] {
+                if let Some(r) = r {
+                    check_rate(format!("shaping.domains.\"{d}\".{name}"), r)?;
+                }
             }
         }
         if !(10..=10_000).contains(&self.burst_ms) {
@@ -87,10 +171,34 @@ impl ShapingConfig {
 
 impl QuotaConfig {
     pub fn enabled(&self) -> bool {
-        self.jid_bytes_per_day.0 > 0 || self.domain_bytes_per_day.0 > 0
+        let overrides = self.domains.values().flat_map(|d| {
+            [d.jid_bytes_per_day, d.domain_bytes_per_day]
+                .into_iter()
+                .flatten()
+        });
+        [self.jid_bytes_per_day, self.domain_bytes_per_day]
+            .into_iter()
+            .chain(overrides)
+            .any(|q| q.0 > 0)
+    }
+
+    /// (account quota, domain quota) in bytes per day for `domain`; 0 = none.
+    pub fn limits_for(&self, domain: Option<&str>) -> (u64, u64) {
+        let o = domain.and_then(|d| self.domains.get(d));
+        (
+            o.and_then(|o| o.jid_bytes_per_day)
+                .unwrap_or(self.jid_bytes_per_day)
+                .0,
+            o.and_then(|o| o.domain_bytes_per_day)
+                .unwrap_or(self.domain_bytes_per_day)
+                .0,
+        )
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for d in self.domains.keys() {
+            check_domain("quota", d)?;
+        }
         if self.enabled() && self.store.is_none() {
             return Err(invalid(
                 "quota.store",
@@ -164,5 +272,38 @@ mod tests {
         let s = ShapingConfig::default();
         assert_eq!(s.burst(ByteRate(10_000_000)), 2_000_000);
         assert_eq!(s.burst(ByteRate(1024)), 16 << 10);
+    }
+
+    #[test]
+    fn domain_overrides_are_checked_and_name_their_key() {
+        let s: ShapingConfig =
+            toml::from_str("[domains.\"vip.example.org\"]\njid_rate = 100\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("shaping.domains.\"vip.example.org\".jid_rate"),
+            "{e}"
+        );
+        let s: ShapingConfig =
+            toml::from_str("[domains.\"VIP.org\"]\njid_rate = \"1 MiB/s\"\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("shaping.domains") && e.contains("lowercase"),
+            "{e}"
+        );
+        assert!(s.enabled(), "an override alone turns shaping on");
+        let e = toml::from_str::<ShapingConfig>("[domains.\"a.org\"]\nglobal_rate = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("global_rate"), "{e}");
+        let q: QuotaConfig =
+            toml::from_str("[domains.\"a.org\"]\ndomain_bytes_per_day = \"1 GB\"\n").unwrap();
+        assert!(q.enabled());
+        let e = q.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("quota.store"),
+            "an override's quota needs the store: {e}"
+        );
+        assert_eq!(q.limits_for(Some("a.org")), (0, 1_000_000_000));
+        assert_eq!(q.limits_for(Some("b.org")), (0, 0));
     }
 }

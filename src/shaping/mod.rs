@@ -31,6 +31,11 @@ use store::QuotaStore;
 
 pub(crate) type Bucket = Mutex<TokenBucket>;
 
+/// The domain part of a bare JID (a JID without `@` is a domain itself).
+fn domain_of(jid: &str) -> &str {
+    jid.rsplit_once('@').map_or(jid, |(_, d)| d)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -45,8 +50,7 @@ pub struct Shaping {
     gen: AtomicU64,
     /// Shaping or quota accounting is on: streams get a `StreamShaper`.
     on: AtomicBool,
-    jid_quota: AtomicU64,
-    domain_quota: AtomicU64,
+    quota: RwLock<QuotaConfig>,
     global: Arc<Bucket>,
     jids: Mutex<HashMap<Box<str>, Weak<Bucket>>>,
     domains: Mutex<HashMap<Box<str>, Weak<Bucket>>>,
@@ -87,8 +91,7 @@ impl Shaping {
             settings: RwLock::new(shaping.clone()),
             gen: AtomicU64::new(0),
             on: AtomicBool::new(false),
-            jid_quota: AtomicU64::new(quota.jid_bytes_per_day.0),
-            domain_quota: AtomicU64::new(quota.domain_bytes_per_day.0),
+            quota: RwLock::new(quota.clone()),
             jids: Default::default(),
             domains: Default::default(),
             quotas,
@@ -107,17 +110,21 @@ impl Shaping {
             shaping.burst(shaping.global_rate),
             now,
         );
-        for (map, rate) in [
-            (&self.jids, shaping.jid_rate),
-            (&self.domains, shaping.domain_rate),
-        ] {
-            for b in lock(map).values().filter_map(Weak::upgrade) {
+        // Account buckets are keyed by bare JID, domain buckets by domain: each takes
+        // the rate of its domain (an override, or the section's own).
+        for (name, b) in lock(&self.jids).iter() {
+            if let Some(b) = b.upgrade() {
+                let rate = shaping.rates_for(Some(domain_of(name))).jid;
                 lock(&b).set(rate.0, shaping.burst(rate), now);
             }
         }
-        self.jid_quota.store(quota.jid_bytes_per_day.0, Relaxed);
-        self.domain_quota
-            .store(quota.domain_bytes_per_day.0, Relaxed);
+        for (name, b) in lock(&self.domains).iter() {
+            if let Some(b) = b.upgrade() {
+                let rate = shaping.rates_for(Some(name)).domain;
+                lock(&b).set(rate.0, shaping.burst(rate), now);
+            }
+        }
+        *self.quota.write().unwrap_or_else(|e| e.into_inner()) = quota.clone();
         self.on
             .store(shaping.enabled() || self.quotas.is_some(), Relaxed);
         self.gen.fetch_add(1, Relaxed);
@@ -129,11 +136,20 @@ impl Shaping {
         }
     }
 
-    fn settings(&self) -> ShapingConfig {
-        self.settings
+    /// The rates and the (account, domain) daily quotas for a requester of `domain`.
+    fn limits_for(&self, domain: Option<&str>) -> (ShapingConfig, config::Rates, (u64, u64)) {
+        let s = self
+            .settings
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        let rates = s.rates_for(domain);
+        let quotas = self
+            .quota
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .limits_for(domain);
+        (s, rates, quotas)
     }
 
     /// The shaper of a stream being activated by `requester` (a bare JID, when the
@@ -147,13 +163,13 @@ impl Shaping {
             return Ok(None);
         }
         let now = Instant::now();
-        let s = self.settings();
+        let domain = requester.map(domain_of);
+        let (s, rates, _) = self.limits_for(domain);
         let mut shared = vec![self.global.clone()];
         let mut accounts = Vec::new();
-        if let Some(jid) = requester {
-            let domain = jid.rsplit_once('@').map_or(jid, |(_, d)| d);
-            shared.push(self.bucket(&self.jids, jid, &s, s.jid_rate, now));
-            shared.push(self.bucket(&self.domains, domain, &s, s.domain_rate, now));
+        if let (Some(jid), Some(domain)) = (requester, domain) {
+            shared.push(self.bucket(&self.jids, jid, &s, rates.jid, now));
+            shared.push(self.bucket(&self.domains, domain, &s, rates.domain, now));
             if let Some(q) = &self.quotas {
                 let mut m = lock(&q.accounts);
                 for (key, which) in [
@@ -165,7 +181,7 @@ impl Shaping {
                 }
             }
         }
-        let shaper = StreamShaper::new(self.clone(), &s, now, shared, accounts);
+        let shaper = StreamShaper::new(self.clone(), domain, now, shared, accounts);
         if shaper.quota_left() == Some(0) {
             return Err(QuotaUsed);
         }
@@ -192,13 +208,6 @@ impl Shaping {
         let b = Arc::new(Mutex::new(TokenBucket::new(rate.0, s.burst(rate), now)));
         m.insert(name.into(), Arc::downgrade(&b));
         b
-    }
-
-    fn quota_limit(&self, which: stream::Limit) -> u64 {
-        match which {
-            stream::Limit::Jid => self.jid_quota.load(Relaxed),
-            stream::Limit::Domain => self.domain_quota.load(Relaxed),
-        }
     }
 
     /// Bytes counted today for a key ("jid:<bare jid>" or "domain:<domain>").

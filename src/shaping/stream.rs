@@ -4,7 +4,7 @@
 
 use super::bucket::TokenBucket;
 use super::quota::{utc_day, QuotaAccount};
-use super::{lock, Bucket, Shaping, ShapingConfig};
+use super::{lock, Bucket, Shaping};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -29,11 +29,20 @@ pub enum Grant {
 
 pub struct StreamShaper {
     shaping: Arc<Shaping>,
-    /// The stream's own bucket and the reload generation its rate comes from.
-    own: Mutex<(u64, TokenBucket)>,
+    /// The requester's domain, whose overrides apply (`None`: no requester known).
+    domain: Option<Box<str>>,
+    own: Mutex<Own>,
     /// The global bucket, then the requester's account and domain buckets if known.
     shared: Vec<Arc<Bucket>>,
     accounts: Vec<(Arc<QuotaAccount>, Limit)>,
+}
+
+/// What a stream takes from the settings, with the reload generation it came from.
+struct Own {
+    gen: u64,
+    bucket: TokenBucket,
+    /// Daily quotas (account, domain) in bytes; 0 = none.
+    quotas: (u64, u64),
 }
 
 /// Narrows the grant `n` to what `b` allows now, or pushes `wait` out to when it will
@@ -54,21 +63,37 @@ fn consider(b: &mut TokenBucket, now: Instant, n: &mut u64, wait: &mut Duration)
 impl StreamShaper {
     pub(crate) fn new(
         shaping: Arc<Shaping>,
-        s: &ShapingConfig,
+        domain: Option<&str>,
         now: Instant,
         shared: Vec<Arc<Bucket>>,
         accounts: Vec<(Arc<QuotaAccount>, Limit)>,
     ) -> StreamShaper {
         let gen = shaping.gen.load(Relaxed);
+        let (s, rates, quotas) = shaping.limits_for(domain);
         StreamShaper {
-            own: Mutex::new((
+            own: Mutex::new(Own {
                 gen,
-                TokenBucket::new(s.stream_rate.0, s.burst(s.stream_rate), now),
-            )),
+                bucket: TokenBucket::new(rates.stream.0, s.burst(rates.stream), now),
+                quotas,
+            }),
+            domain: domain.map(Into::into),
             shaping,
             shared,
             accounts,
         }
+    }
+
+    /// The stream's own part, brought up to date with the last reload.
+    fn own(&self, now: Instant) -> std::sync::MutexGuard<'_, Own> {
+        let mut own = lock(&self.own);
+        let gen = self.shaping.gen.load(Relaxed);
+        if own.gen != gen {
+            let (s, rates, quotas) = self.shaping.limits_for(self.domain.as_deref());
+            own.bucket.set(rates.stream.0, s.burst(rates.stream), now);
+            own.quotas = quotas;
+            own.gen = gen;
+        }
+        own
     }
 
     /// Bytes left today under the tightest quota; `None` when no quota applies.
@@ -76,11 +101,22 @@ impl StreamShaper {
         if self.accounts.is_empty() {
             return None;
         }
+        let quotas = self.own(Instant::now()).quotas;
+        self.left_under(quotas)
+    }
+
+    fn left_under(&self, (jid, domain): (u64, u64)) -> Option<u64> {
+        if self.accounts.is_empty() {
+            return None;
+        }
         let today = utc_day(SystemTime::now());
         self.accounts
             .iter()
             .filter_map(|(a, which)| {
-                let limit = self.shaping.quota_limit(*which);
+                let limit = match which {
+                    Limit::Jid => jid,
+                    Limit::Domain => domain,
+                };
                 (limit > 0).then(|| limit.saturating_sub(a.used(today)))
             })
             .min()
@@ -89,22 +125,16 @@ impl StreamShaper {
     /// How many of `want` bytes may be read now.
     pub fn grant(&self, now: Instant, want: usize) -> Grant {
         let mut n = want as u64;
-        if let Some(left) = self.quota_left() {
-            if left == 0 {
-                return Grant::QuotaUsed;
-            }
-            n = n.min(left);
-        }
         let mut wait = Duration::ZERO;
         {
-            let mut own = lock(&self.own);
-            let gen = self.shaping.gen.load(Relaxed);
-            if own.0 != gen {
-                let s = self.shaping.settings();
-                own.1.set(s.stream_rate.0, s.burst(s.stream_rate), now);
-                own.0 = gen;
+            let mut own = self.own(now);
+            if let Some(left) = self.left_under(own.quotas) {
+                if left == 0 {
+                    return Grant::QuotaUsed;
+                }
+                n = n.min(left);
             }
-            consider(&mut own.1, now, &mut n, &mut wait);
+            consider(&mut own.bucket, now, &mut n, &mut wait);
         }
         for b in &self.shared {
             consider(&mut lock(b), now, &mut n, &mut wait);
@@ -119,7 +149,7 @@ impl StreamShaper {
     /// Pays for `n` bytes read: every bucket and every quota account.
     pub fn paid(&self, n: usize) {
         let n = n as u64;
-        lock(&self.own).1.take(n);
+        lock(&self.own).bucket.take(n);
         for b in &self.shared {
             lock(b).take(n);
         }
@@ -136,7 +166,7 @@ impl StreamShaper {
 mod tests {
     use super::*;
     use crate::shaping::units::{ByteRate, ByteSize};
-    use crate::shaping::QuotaConfig;
+    use crate::shaping::{QuotaConfig, ShapingConfig};
 
     fn shaping(s: ShapingConfig) -> Arc<Shaping> {
         Shaping::new(&s, &QuotaConfig::default()).unwrap()
@@ -214,6 +244,7 @@ mod tests {
             jid_bytes_per_day: ByteSize(1000),
             domain_bytes_per_day: ByteSize(0),
             store: Some(dir.path().join("q.redb")),
+            domains: Default::default(),
         };
         let sh = Shaping::new(&ShapingConfig::default(), &q).unwrap();
         let st = sh.stream(Some("romeo@example.org")).unwrap().unwrap();
@@ -237,5 +268,64 @@ mod tests {
         };
         assert!(sh.set(&ShapingConfig::default(), &more).is_empty());
         assert!(sh.stream(Some("romeo@example.org")).is_ok());
+    }
+
+    #[test]
+    fn a_domain_override_replaces_only_what_it_sets_and_reloads() {
+        let toml = |rate: &str| -> ShapingConfig {
+            toml::from_str(&format!(
+                "jid_rate = \"1 MiB/s\"\nstream_rate = \"4 MiB/s\"\n\
+                 [domains.\"vip.example.org\"]\njid_rate = \"{rate}\"\n"
+            ))
+            .unwrap()
+        };
+        let s = toml("8 MiB/s");
+        let vip = s.rates_for(Some("vip.example.org"));
+        assert_eq!(
+            (vip.jid, vip.stream),
+            (ByteRate(8 << 20), ByteRate(4 << 20))
+        );
+        assert_eq!(s.rates_for(Some("example.org")).jid, ByteRate(1 << 20));
+        assert_eq!(s.rates_for(None).jid, ByteRate(1 << 20));
+        let sh = shaping(s);
+        let now = Instant::now();
+        let burst = |r: u64| ShapingConfig::default().burst(ByteRate(r)) as usize;
+        // The stream rate (4 MiB/s) grants more than a plain account's bucket allows,
+        // less than the override's.
+        let plain = sh.stream(Some("romeo@example.org")).unwrap().unwrap();
+        assert_eq!(plain.grant(now, 1 << 30), Grant::Go(burst(1 << 20)));
+        let v = sh.stream(Some("juliet@vip.example.org")).unwrap().unwrap();
+        assert_eq!(v.grant(now, 1 << 30), Grant::Go(burst(4 << 20)));
+        // A reload lowers the override: the running stream's account bucket follows.
+        sh.set(&toml("2 MiB/s"), &QuotaConfig::default());
+        let v2 = sh.stream(Some("juliet@vip.example.org")).unwrap().unwrap();
+        let later = now + Duration::from_secs(10);
+        assert_eq!(v2.grant(later, 1 << 30), Grant::Go(burst(2 << 20)));
+    }
+
+    #[test]
+    fn a_domain_quota_override_can_lift_or_tighten_the_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let q: QuotaConfig = toml::from_str(&format!(
+            "jid_bytes_per_day = 1000\nstore = {:?}\n\
+             [domains.\"vip.example.org\"]\njid_bytes_per_day = 0\n\
+             [domains.\"tight.example.org\"]\njid_bytes_per_day = 10\n",
+            dir.path().join("q.redb")
+        ))
+        .unwrap();
+        q.validate().unwrap();
+        let sh = Shaping::new(&ShapingConfig::default(), &q).unwrap();
+        let left = |jid: &str| sh.stream(Some(jid)).unwrap().unwrap().quota_left();
+        assert_eq!(left("romeo@example.org"), Some(1000));
+        assert_eq!(left("juliet@vip.example.org"), None);
+        assert_eq!(left("tybalt@tight.example.org"), Some(10));
+        // Reloaded without the overrides, the vip account has the common quota.
+        let st = sh.stream(Some("juliet@vip.example.org")).unwrap().unwrap();
+        let plain = QuotaConfig {
+            domains: Default::default(),
+            ..q
+        };
+        sh.set(&ShapingConfig::default(), &plain);
+        assert_eq!(st.quota_left(), Some(1000));
     }
 }

@@ -53,6 +53,10 @@ fn parse(text: &str, rate: bool) -> Result<u64, String> {
     if !v.is_finite() || v >= u64::MAX as f64 {
         return Err(format!("{text:?}: too large"));
     }
+    // 0 means "no limit": a tiny non-zero value must not turn into it by rounding.
+    if v > 0.0 && v.round() == 0.0 {
+        return Err(format!("{text:?}: less than one byte; use 0 for no limit"));
+    }
     Ok(v.round() as u64)
 }
 
@@ -127,6 +131,8 @@ mod tests {
             .unwrap_err()
             .contains("no \"/s\""));
         assert!("1e400 GB".parse::<ByteSize>().is_err());
+        assert!("1 bit/s".parse::<ByteRate>().unwrap_err().contains("use 0"));
+        assert_eq!("0 bit/s".parse::<ByteRate>(), Ok(ByteRate(0)));
     }
 
     #[test]
