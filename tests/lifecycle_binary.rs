@@ -33,6 +33,19 @@ impl Proxy {
         Proxy { child }
     }
 
+    /// Logs at the default level (info) into `log`.
+    fn spawn_logging(config: &Path, log: &Path) -> Proxy {
+        let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("streamhost starts");
+        Proxy { child }
+    }
+
     fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
@@ -333,4 +346,65 @@ fn sighup_reloads_access_lists_without_dropping_a_relay() {
     // The running relay was not disturbed.
     sender.join().unwrap();
     receiver.join().unwrap();
+}
+
+/// The operator's record of a transfer: an activation line (requester, target, sid, key)
+/// and a "stream finished" line with the same key and the bytes each way.
+#[test]
+fn each_transfer_is_logged_with_who_and_how_much() {
+    let Setup {
+        prosody,
+        dir,
+        cfg,
+        addr,
+        ..
+    } = setup();
+    let mut romeo = login(&prosody, "romeo");
+    let juliet = login(&prosody, "juliet");
+    let log = dir.path().join("proxy.log");
+    let _proxy = Proxy::spawn_logging(&cfg, &log);
+    wait_component(&prosody, 30);
+    let (mut rs, ts) = active_pair(addr, "logged-sid", &mut romeo, &juliet);
+    let key = hex::encode(Sha1::digest(format!(
+        "logged-sid{}{}",
+        romeo.jid, juliet.jid
+    )));
+    let receiver = check_receiver(ts, 1 << 20);
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = byte(i as u64);
+    }
+    rs.write_all(&buf).unwrap();
+    rs.shutdown(std::net::Shutdown::Write).unwrap();
+    receiver.join().unwrap();
+    drop(rs);
+    let end = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("stream finished") || Instant::now() > end {
+            break text;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let line = |what: &str| {
+        text.lines()
+            .find(|l| l.contains(what) && l.contains(&key))
+            .unwrap_or_else(|| panic!("no {what:?} line for {key}:\n{text}"))
+            .to_string()
+    };
+    let activation = line("activation");
+    for part in [
+        "requester=romeo@localhost",
+        &format!("target_jid={}", juliet.jid),
+        "sid=logged-sid",
+        "Activated",
+    ] {
+        assert!(activation.contains(part), "{part} missing: {activation}");
+    }
+    let finished = line("stream finished");
+    assert!(finished.contains("=1048576"), "{finished}");
+    assert!(
+        finished.contains("outcome=\"done\"") || finished.contains("outcome=done"),
+        "{finished}"
+    );
 }

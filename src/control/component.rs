@@ -399,6 +399,12 @@ fn activate(
     limit: &Arc<StreamsPerJid>,
 ) -> Pending {
     let Some(slot) = limit.try_acquire(&a.requester) else {
+        info!(
+            target: "streamhost::activation",
+            key = %a.key,
+            requester = %a.requester,
+            "activation refused: the account has its maximum of streams running"
+        );
         let reply = a.over_limit();
         stats.record(received.elapsed(), ActivationReply::of(&reply));
         return Box::pin(async move { reply });
@@ -416,7 +422,17 @@ fn activate(
     Box::pin(async move {
         let reply = match tokio::time::timeout(ACTIVATION_TIMEOUT, rx).await {
             Ok(Ok(outcome)) => {
-                debug!(key = %a.key, ?outcome, "activation");
+                // One line per activation (who, to whom, which stream): with the data
+                // plane's "stream finished" line (same key) a transfer's whole record.
+                info!(
+                    target: "streamhost::activation",
+                    key = %a.key,
+                    requester = %a.requester,
+                    target_jid = %a.target,
+                    sid = %a.sid,
+                    ?outcome,
+                    "activation"
+                );
                 a.reply(outcome)
             }
             _ => {

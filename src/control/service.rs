@@ -82,6 +82,9 @@ pub struct Activation {
     pub key: StreamKey,
     /// The requester's bare JID, for the per-account stream limit.
     pub requester: BareJid,
+    /// The target JID and the stream id, for the activation log.
+    pub target: Jid,
+    pub sid: String,
     reply: ReplyTo,
 }
 
@@ -335,6 +338,8 @@ impl Service {
         Action::Activate(Activation {
             key,
             requester,
+            target,
+            sid: sid.to_string(),
             reply: r,
         })
     }
