@@ -336,7 +336,7 @@ async fn serve(
                         }
                         Action::Activate(a) => {
                             let t = activation.unwrap_or_else(Instant::now);
-                            pending.push(activate(activator, a, t, stats.clone(), limit));
+                            pending.push(activate(activator, *a, t, stats.clone(), limit));
                             None
                         }
                     }
@@ -493,7 +493,7 @@ mod tests {
                    juliet@example.org/b</activate></query></iq>";
         let iq = Iq::try_from(xml.parse::<Element>().unwrap()).unwrap();
         match s.handle(Stanza::Iq(iq)) {
-            Action::Activate(a) => a,
+            Action::Activate(a) => *a,
             other => panic!("{other:?}"),
         }
     }

@@ -27,7 +27,7 @@ pub enum Action {
     Ignore,
     Reply(Box<Stanza>),
     /// Activate `key`, then send `Activation::reply(outcome)`.
-    Activate(Activation),
+    Activate(Box<Activation>),
 }
 
 /// Addressing of the reply to one IQ: to/from swapped, same id.
@@ -335,13 +335,13 @@ impl Service {
         // requester as the server stamped it.
         let key = StreamKey::from_parts(sid, r.peer.as_str(), target.as_str());
         let requester = r.peer.to_bare();
-        Action::Activate(Activation {
+        Action::Activate(Box::new(Activation {
             key,
             requester,
             target,
             sid: sid.to_string(),
             reply: r,
-        })
+        }))
     }
 }
 
