@@ -33,19 +33,10 @@ fn lower_priority() {
     }
 }
 
-/// A CPU list such as `0-3,8`, as in taskset(1) and /sys.
-fn cpu_list(text: &str) -> Vec<usize> {
-    let mut cpus = vec![];
-    for part in text.split(',').filter(|p| !p.is_empty()) {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let (a, b): (usize, usize) = (a.trim().parse().unwrap(), b.trim().parse().unwrap());
-        cpus.extend(a..=b);
-    }
-    cpus
-}
-
 fn env_cpus(key: &str) -> Vec<usize> {
-    std::env::var(key).map(|v| cpu_list(&v)).unwrap_or_default()
+    std::env::var(key)
+        .map(|v| streamhost::affinity::parse_cpu_list(&v).unwrap())
+        .unwrap_or_default()
 }
 
 /// Each client thread: lower priority, and the client CPUs when a scaling run sets them.

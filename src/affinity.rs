@@ -41,9 +41,42 @@ pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// A CPU list as taskset(1) and /sys write it: `0-3,8,10-11`.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let num = |x: &str| {
+            x.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{text:?}: expected CPU numbers and ranges like 0-3,8"))
+        };
+        let (a, b) = (num(a)?, num(b)?);
+        if a > b || b >= libc::CPU_SETSIZE as usize {
+            return Err(format!("{text:?}: bad range {part}"));
+        }
+        for c in a..=b {
+            if !cpus.contains(&c) {
+                cpus.push(c);
+            }
+        }
+    }
+    Ok(cpus)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_parse_like_taskset() {
+        assert_eq!(parse_cpu_list("0-3,8"), Ok(vec![0, 1, 2, 3, 8]));
+        assert_eq!(parse_cpu_list(" 5 "), Ok(vec![5]));
+        assert_eq!(parse_cpu_list("1,1-2"), Ok(vec![1, 2]));
+        for bad in ["", "a", "3-1", "0-99999", "1,,2"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_thread_pinned_to_one_allowed_cpu_runs_only_there() {

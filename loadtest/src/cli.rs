@@ -37,6 +37,15 @@ pub struct Common {
     /// Worker threads of the spawned proxy.
     #[arg(long, global = true, conflicts_with = "proxy")]
     pub workers: Option<usize>,
+    /// CPUs of the spawned (or in-process) proxy's workers, e.g. `0-3`: its `worker_cpus`,
+    /// and one worker per CPU unless --workers says otherwise. (`std::vec::Vec` spelled out:
+    /// clap would take a bare `Vec` for a repeatable flag.)
+    #[arg(long, global = true, value_name = "LIST", value_parser = streamhost::affinity::parse_cpu_list, conflicts_with = "proxy")]
+    pub proxy_cpus: Option<std::vec::Vec<usize>>,
+    /// CPUs this generator (senders, receivers, checkers, the embedded XMPP server) runs
+    /// on, e.g. `4-15`: with --proxy-cpus, clients and proxy on separate cores.
+    #[arg(long, global = true, value_name = "LIST", value_parser = streamhost::affinity::parse_cpu_list)]
+    pub client_cpus: Option<std::vec::Vec<usize>>,
     /// relay.buffer_size of the spawned proxy (e.g. 64KiB, 1MiB).
     #[arg(long, global = true, value_parser = parse_size, conflicts_with = "proxy")]
     pub buffer_size: Option<u64>,
@@ -218,6 +227,15 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cpu_lists_are_lists() {
+        let c = Cli::try_parse_from(["x", "--proxy-cpus", "0-2,5", "--client-cpus", "6"]).unwrap();
+        assert_eq!(c.common.proxy_cpus, Some(vec![0, 1, 2, 5]));
+        assert_eq!(c.common.client_cpus, Some(vec![6]));
+        assert!(Cli::try_parse_from(["x", "--proxy-cpus", "2-1"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--proxy", "127.0.0.1:1", "--proxy-cpus", "0"]).is_err());
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct SpawnOptions {
     pub base_config: Option<PathBuf>,
     pub engine: Option<String>,
     pub workers: Option<usize>,
+    /// `worker_cpus` (and, without `workers`, one worker per CPU).
+    pub worker_cpus: Option<Vec<usize>>,
     pub buffer_size: Option<usize>,
     /// The XMPP server the component connects to (the embedded one).
     pub xmpp_server: SocketAddr,
@@ -63,6 +65,14 @@ pub fn config_text(o: &SpawnOptions, listen: SocketAddr) -> anyhow::Result<Strin
     };
     let addr = toml::Value::String(listen.to_string());
     t.insert("listen".into(), toml::Value::Array(vec![addr.clone()]));
+    if let Some(cpus) = &o.worker_cpus {
+        let list = cpus
+            .iter()
+            .map(|&c| toml::Value::Integer(c as i64))
+            .collect();
+        t.insert("worker_cpus".into(), toml::Value::Array(list));
+        t.insert("workers".into(), toml::Value::Integer(cpus.len() as i64));
+    }
     if let Some(w) = o.workers {
         t.insert("workers".into(), toml::Value::Integer(w as i64));
     }
@@ -198,12 +208,34 @@ mod tests {
             base_config: None,
             engine: Some("splice".into()),
             workers: Some(2),
+            worker_cpus: None,
             buffer_size: None,
             xmpp_server: "127.0.0.1:5347".parse().unwrap(),
             jid: "proxy.localhost".into(),
             secret: "s3cret".into(),
             domains: vec!["localhost".into()],
         }
+    }
+
+    #[test]
+    fn proxy_cpus_become_worker_cpus_and_the_worker_count() {
+        let o = SpawnOptions {
+            workers: None,
+            worker_cpus: Some(vec![2, 3, 5]),
+            ..opts()
+        };
+        let t: toml::Table = config_text(&o, "127.0.0.1:4000".parse().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(t["workers"].as_integer(), Some(3));
+        let cpus: Vec<_> = t["worker_cpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_integer().unwrap())
+            .collect();
+        assert_eq!(cpus, [2, 3, 5]);
     }
 
     #[test]

@@ -24,8 +24,20 @@ pub struct Harness {
 const READY: Duration = Duration::from_secs(15);
 
 impl Harness {
-    /// Sets up the proxy side unless `direct_only`.
+    /// Sets up the proxy side unless `direct_only`, then keeps this generator's load
+    /// threads (all started after this) on --client-cpus. Pinning comes last so that the
+    /// spawned proxy does not inherit the generator's CPUs.
     pub fn start(c: &Common, direct_only: bool) -> anyhow::Result<Self> {
+        let mut h = Self::start_unpinned(c, direct_only)?;
+        if let Some(cpus) = &c.client_cpus {
+            streamhost::affinity::pin_current_thread(cpus)
+                .map_err(|e| anyhow::anyhow!("--client-cpus {cpus:?}: {e}"))?;
+            h.env.client_cpus = Some(format!("{cpus:?}"));
+        }
+        Ok(h)
+    }
+
+    fn start_unpinned(c: &Common, direct_only: bool) -> anyhow::Result<Self> {
         let mut env = Env {
             kernel: sys::kernel(),
             cores: sys::cores(),
@@ -71,6 +83,10 @@ impl Harness {
                 },
             };
             cfg.listen = vec!["127.0.0.1:0".parse().expect("literal")];
+            if let Some(cpus) = &c.proxy_cpus {
+                cfg.worker_cpus = cpus.clone();
+                cfg.workers = cpus.len();
+            }
             if let Some(w) = c.workers {
                 cfg.workers = w;
             }
@@ -140,6 +156,7 @@ impl Harness {
                     base_config: c.proxy_config.clone(),
                     engine: c.engine.clone(),
                     workers: c.workers,
+                    worker_cpus: c.proxy_cpus.clone(),
                     buffer_size: c.buffer_size.map(|b| b as usize),
                     xmpp_server,
                     jid: c.proxy_jid.clone(),

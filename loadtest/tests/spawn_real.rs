@@ -40,3 +40,35 @@ fn every_scenario_against_the_spawned_proxy() {
     let out = run(&["quick"]);
     assert!(out.contains("== mixed") && out.contains("== bulk"), "{out}");
 }
+
+/// --proxy-cpus / --client-cpus: the proxy's workers get `worker_cpus`, the generator
+/// says where its load ran, and every byte still arrives.
+#[test]
+fn proxy_and_generator_on_separate_cpus() {
+    let cpus = streamhost::affinity::allowed_cpus().unwrap();
+    let (proxy, client) = (cpus[0].to_string(), cpus[cpus.len() - 1].to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "--proxy-cpus",
+        &proxy,
+        "--client-cpus",
+        &client,
+        "--report",
+        dir.path().to_str().unwrap(),
+        "bulk",
+        "--pairs",
+        "2",
+        "--bytes",
+        "16MiB",
+    ]);
+    assert!(
+        out.contains(&format!("generator on CPUs [{client}]")),
+        "{out}"
+    );
+    let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        report.contains(&format!("worker_cpus = [{proxy}]")),
+        "{report}"
+    );
+    assert!(report.contains("workers = 1"), "{report}");
+}

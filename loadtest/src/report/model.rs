@@ -20,6 +20,9 @@ pub struct Env {
     pub proxy: String,
     pub proxy_engine: Option<String>,
     pub proxy_config: Option<String>,
+    /// The CPUs the generator's load threads were kept on (--client-cpus).
+    #[serde(default)]
+    pub client_cpus: Option<String>,
     pub xmpp: String,
     pub args: Vec<String>,
     pub started_unix: u64,

@@ -121,7 +121,15 @@ fn env_lines(r: &Report) -> Vec<String> {
     let e = &r.env;
     vec![
         format!("kernel: {}", e.kernel),
-        format!("cores: {}, open files limit: {}", e.cores, e.nofile_limit),
+        format!(
+            "cores: {}{}, open files limit: {}",
+            e.cores,
+            e.client_cpus
+                .as_ref()
+                .map(|c| format!(" (generator on CPUs {c})"))
+                .unwrap_or_default(),
+            e.nofile_limit
+        ),
         format!(
             "proxy: {}{}",
             e.proxy,
