@@ -26,7 +26,7 @@ pub struct Handle {
     flusher: Option<crate::shaping::Flusher>,
 }
 
-/// How often the daily quota counts are written to their store.
+/// How often the quota counts are written to their store.
 const QUOTA_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Server {
@@ -140,10 +140,11 @@ impl Handle {
         });
     }
 
-    /// Bytes relayed today for a quota key ("jid:<bare jid>" or "domain:<domain>"), as
-    /// counted against the daily quotas (0 when there is no quota store).
-    pub fn quota_used_today(&self, key: &str) -> u64 {
-        self.shared.shaping.used_today(key)
+    /// Bytes relayed in the current period for a quota key, as counted against the
+    /// quotas: "jid:<bare jid>" or "domain:<domain>" today, the same with "month-" in
+    /// front this month (0 when there is no quota store).
+    pub fn quota_used(&self, key: &str) -> u64 {
+        self.shared.shaping.used_now(key)
     }
 
     /// Applies what can change while running (SIGHUP): the connection limits, shaping

@@ -504,7 +504,7 @@ fn a_daily_quota_is_counted_for_the_requester_and_then_refused() {
     drop(r);
     sender.join().unwrap();
     // Counted against romeo's bare JID, the requester that activated over XMPP.
-    let used = e.data.quota_used_today(&format!("jid:romeo@{DOMAIN}"));
+    let used = e.data.quota_used(&format!("jid:romeo@{DOMAIN}"));
     assert_eq!(used, quota);
     let (_r2, _t2) = pair(e.proxy, "quota-2", &romeo, &juliet);
     assert_error(

@@ -1,6 +1,7 @@
-//! Bandwidth shaping and daily quotas over real loopback relays: each rate measured within
-//! 10% of its setting (per stream, per account, global, after a reload), and a quota that
-//! cuts a stream, refuses the next activation and survives a restart.
+//! Bandwidth shaping and daily and monthly quotas over real loopback relays: each rate
+//! measured within 10% of its setting (per stream, per account, per domain override,
+//! global, after a reload), and a quota that cuts a stream, refuses the next activation
+//! and survives a restart.
 
 mod common;
 
@@ -225,52 +226,67 @@ fn a_reload_changes_the_rate_of_a_running_stream() {
 
 #[test]
 fn a_daily_quota_cuts_the_stream_refuses_the_next_and_survives_a_restart() {
+    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
+        quota_cut(engine, "jid");
+    }
+}
+
+#[test]
+fn a_monthly_quota_cuts_the_same_way() {
+    quota_cut(Engine::Splice, "month-jid");
+}
+
+/// A quota of 3 MiB for romeo (`kind` "jid": per day; "month-jid": per month).
+fn quota_cut(engine: Engine, kind: &str) {
     let dir = tempfile::tempdir().unwrap();
     let quota = 3 * MIB;
-    for engine in [Engine::Copy, Engine::Splice, Engine::UringSplice] {
-        let store = dir.path().join(format!("{engine:?}.redb"));
-        let mut c = config(engine);
+    let counted = format!("{kind}:romeo@example.org");
+    let store = dir.path().join("quota.redb");
+    let mut c = config(engine);
+    if kind == "jid" {
         c.quota.jid_bytes_per_day = ByteSize(quota);
-        c.quota.store = Some(store.clone());
-        let (h, addr) = start(c.clone());
-        let (tx, rx) = pair(&h, addr, 1, "romeo@example.org");
-        let sender = thread::spawn(move || send_pattern(&tx, 7, 32 * MIB));
-        let mut got = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut rx = rx;
-        // The proxy resets the stream once the quota is used: every byte up to it arrives.
-        loop {
-            match rx.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n as u64,
-            }
-        }
-        assert_eq!(got, quota, "{engine:?}: relayed exactly the quota");
-        assert!(sender.join().unwrap().is_err(), "the sender sees the reset");
-        assert_eq!(h.stats().refused(Refusal::Quota), 1);
-        assert_eq!(h.quota_used_today("jid:romeo@example.org"), quota);
-        // The next activation of that account is refused; another account is not.
-        let k = key(2);
-        let (_a, _b) = (half(addr, &k), half(addr, &k));
-        assert_eq!(
-            activate_for(&h, &k, "romeo@example.org"),
-            ActivationOutcome::QuotaUsed
-        );
-        assert_eq!(
-            activate_for(&h, &k, "juliet@example.org"),
-            ActivationOutcome::Activated
-        );
-        drop(h);
-        // After a restart the day's count is still there.
-        let (h, addr) = start(c);
-        assert_eq!(h.quota_used_today("jid:romeo@example.org"), quota);
-        let k = key(3);
-        let (_a, _b) = (half(addr, &k), half(addr, &k));
-        assert_eq!(
-            activate_for(&h, &k, "romeo@example.org"),
-            ActivationOutcome::QuotaUsed
-        );
+    } else {
+        c.quota.jid_bytes_per_month = ByteSize(quota);
     }
+    c.quota.store = Some(store.clone());
+    let (h, addr) = start(c.clone());
+    let (tx, rx) = pair(&h, addr, 1, "romeo@example.org");
+    let sender = thread::spawn(move || send_pattern(&tx, 7, 32 * MIB));
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut rx = rx;
+    // The proxy resets the stream once the quota is used: every byte up to it arrives.
+    loop {
+        match rx.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n as u64,
+        }
+    }
+    assert_eq!(got, quota, "{engine:?}: relayed exactly the quota");
+    assert!(sender.join().unwrap().is_err(), "the sender sees the reset");
+    assert_eq!(h.stats().refused(Refusal::Quota), 1);
+    assert_eq!(h.quota_used(&counted), quota);
+    // The next activation of that account is refused; another account is not.
+    let k = key(2);
+    let (_a, _b) = (half(addr, &k), half(addr, &k));
+    assert_eq!(
+        activate_for(&h, &k, "romeo@example.org"),
+        ActivationOutcome::QuotaUsed
+    );
+    assert_eq!(
+        activate_for(&h, &k, "juliet@example.org"),
+        ActivationOutcome::Activated
+    );
+    drop(h);
+    // After a restart the count is still there.
+    let (h, addr) = start(c);
+    assert_eq!(h.quota_used(&counted), quota);
+    let k = key(3);
+    let (_a, _b) = (half(addr, &k), half(addr, &k));
+    assert_eq!(
+        activate_for(&h, &k, "romeo@example.org"),
+        ActivationOutcome::QuotaUsed
+    );
 }
 
 #[test]
@@ -281,5 +297,5 @@ fn shaping_off_hands_out_no_waits() {
     assert_eq!(recv_pattern(&rx, 3).unwrap(), 64 * MIB);
     s.join().unwrap().unwrap();
     assert_eq!(h.stats().shaping_waits, 0);
-    assert_eq!(h.quota_used_today("jid:romeo@example.org"), 0);
+    assert_eq!(h.quota_used("jid:romeo@example.org"), 0);
 }

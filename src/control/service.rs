@@ -115,7 +115,7 @@ impl Activation {
             }
             ActivationOutcome::QuotaUsed => r.error(
                 C::ResourceConstraint,
-                "the daily transfer quota of this account or its domain is used up",
+                "the transfer quota (daily or monthly) of this account or its domain is used up",
             ),
         }
     }

@@ -25,7 +25,7 @@ pub enum ActivationReply {
     BadRequest,
     JidMalformed,
     ServiceUnavailable,
-    /// Over the per-account stream limit, or the daily quota used up.
+    /// Over the per-account stream limit, or a quota used up.
     ResourceConstraint,
     InternalServerError,
     Other,

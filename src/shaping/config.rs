@@ -58,12 +58,14 @@ impl Default for ShapingConfig {
     }
 }
 
-/// Bytes a requester account or domain may relay per UTC day; 0 = no quota.
+/// Bytes a requester account or domain may relay per UTC day or month; 0 = no quota.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotaConfig {
     pub jid_bytes_per_day: ByteSize,
     pub domain_bytes_per_day: ByteSize,
+    pub jid_bytes_per_month: ByteSize,
+    pub domain_bytes_per_month: ByteSize,
     /// The embedded database that keeps the day's counts across restarts.
     pub store: Option<PathBuf>,
     /// Per requester domain: quotas that replace the ones above for it and its accounts.
@@ -77,7 +79,14 @@ pub struct QuotaConfig {
 pub struct DomainQuota {
     pub jid_bytes_per_day: Option<ByteSize>,
     pub domain_bytes_per_day: Option<ByteSize>,
+    pub jid_bytes_per_month: Option<ByteSize>,
+    pub domain_bytes_per_month: Option<ByteSize>,
 }
+
+/// The four quotas that apply to one requester, in bytes; 0 = none. Indexed by
+/// `Limit as usize` (`stream.rs`): account per day, domain per day, account per month,
+/// domain per month.
+pub type QuotaLimits = [u64; 4];
 
 /// A domain key of `shaping.domains` / `quota.domains`: what a JID's domain part can be
 /// after normalisation (the server hands the proxy lowercase bare JIDs).
@@ -171,28 +180,24 @@ impl ShapingConfig {
 
 impl QuotaConfig {
     pub fn enabled(&self) -> bool {
-        let overrides = self.domains.values().flat_map(|d| {
-            [d.jid_bytes_per_day, d.domain_bytes_per_day]
-                .into_iter()
-                .flatten()
-        });
-        [self.jid_bytes_per_day, self.domain_bytes_per_day]
-            .into_iter()
-            .chain(overrides)
-            .any(|q| q.0 > 0)
+        self.limits_for(None).iter().any(|&q| q > 0)
+            || self
+                .domains
+                .keys()
+                .any(|d| self.limits_for(Some(d)).iter().any(|&q| q > 0))
     }
 
-    /// (account quota, domain quota) in bytes per day for `domain`; 0 = none.
-    pub fn limits_for(&self, domain: Option<&str>) -> (u64, u64) {
+    /// The quotas for a requester of `domain` (an override's, else the section's own).
+    pub fn limits_for(&self, domain: Option<&str>) -> QuotaLimits {
         let o = domain.and_then(|d| self.domains.get(d));
-        (
-            o.and_then(|o| o.jid_bytes_per_day)
-                .unwrap_or(self.jid_bytes_per_day)
-                .0,
-            o.and_then(|o| o.domain_bytes_per_day)
-                .unwrap_or(self.domain_bytes_per_day)
-                .0,
-        )
+        let pick =
+            |f: fn(&DomainQuota) -> Option<ByteSize>, own: ByteSize| o.and_then(f).unwrap_or(own).0;
+        [
+            pick(|d| d.jid_bytes_per_day, self.jid_bytes_per_day),
+            pick(|d| d.domain_bytes_per_day, self.domain_bytes_per_day),
+            pick(|d| d.jid_bytes_per_month, self.jid_bytes_per_month),
+            pick(|d| d.domain_bytes_per_month, self.domain_bytes_per_month),
+        ]
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -202,7 +207,7 @@ impl QuotaConfig {
         if self.enabled() && self.store.is_none() {
             return Err(invalid(
                 "quota.store",
-                "a daily quota is set, so a file to keep the counts across restarts is needed",
+                "a quota is set, so a file to keep the counts across restarts is needed",
             ));
         }
         if let Some(p) = &self.store {
@@ -303,7 +308,14 @@ mod tests {
             e.contains("quota.store"),
             "an override's quota needs the store: {e}"
         );
-        assert_eq!(q.limits_for(Some("a.org")), (0, 1_000_000_000));
-        assert_eq!(q.limits_for(Some("b.org")), (0, 0));
+        assert_eq!(q.limits_for(Some("a.org")), [0, 1_000_000_000, 0, 0]);
+        assert_eq!(q.limits_for(Some("b.org")), [0; 4]);
+        let q: QuotaConfig = toml::from_str(
+            "jid_bytes_per_month = \"10 GB\"\n[domains.\"a.org\"]\njid_bytes_per_month = 0\n",
+        )
+        .unwrap();
+        assert!(q.enabled());
+        assert_eq!(q.limits_for(Some("b.org")), [0, 0, 10_000_000_000, 0]);
+        assert_eq!(q.limits_for(Some("a.org")), [0; 4]);
     }
 }

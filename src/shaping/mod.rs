@@ -1,4 +1,4 @@
-//! Bandwidth shaping and daily byte quotas.
+//! Bandwidth shaping and daily / monthly byte quotas.
 //!
 //! - `bucket`: the token bucket (sans-IO).
 //! - `quota`: one account's daily count (sans-IO); `store`: the counts kept on disk.
@@ -21,12 +21,12 @@ pub use config::{QuotaConfig, ShapingConfig};
 pub use stream::{Grant, StreamShaper};
 
 use bucket::TokenBucket;
-use quota::{utc_day, QuotaAccount};
+use quota::{Periods, QuotaAccount};
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use store::QuotaStore;
 
 pub(crate) type Bucket = Mutex<TokenBucket>;
@@ -40,7 +40,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Activation refused: the requester or its domain has used its bytes for today.
+/// Activation refused: the requester or its domain has used its bytes for today or for
+/// this month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaUsed;
 
@@ -59,21 +60,25 @@ pub struct Shaping {
 
 struct Quotas {
     store: QuotaStore,
-    /// "jid:<bare jid>" / "domain:<domain>" -> today's count.
+    /// "jid:<bare jid>" / "domain:<domain>" -> today's count; the same with "month-" in
+    /// front -> this month's.
     accounts: Mutex<HashMap<Box<str>, Arc<QuotaAccount>>>,
 }
 
 impl Shaping {
-    /// Opens the quota store (if any) and loads today's counts.
+    /// Opens the quota store (if any) and loads today's and this month's counts.
     pub fn new(shaping: &ShapingConfig, quota: &QuotaConfig) -> io::Result<Arc<Shaping>> {
         let now = Instant::now();
         let quotas = match &quota.store {
             Some(path) => {
-                let today = utc_day(SystemTime::now());
-                let (store, rows) = QuotaStore::open(path, today)?;
+                let now = Periods::now();
+                let (store, rows) = QuotaStore::open(path, now)?;
                 let accounts = rows
                     .into_iter()
-                    .map(|(k, n)| (k.into(), Arc::new(QuotaAccount::loaded(today, n))))
+                    .map(|(k, n)| {
+                        let a = QuotaAccount::loaded(now.of(&k), n);
+                        (k.into(), Arc::new(a))
+                    })
                     .collect();
                 Some(Quotas {
                     store,
@@ -136,8 +141,11 @@ impl Shaping {
         }
     }
 
-    /// The rates and the (account, domain) daily quotas for a requester of `domain`.
-    fn limits_for(&self, domain: Option<&str>) -> (ShapingConfig, config::Rates, (u64, u64)) {
+    /// The rates and the quotas for a requester of `domain`.
+    fn limits_for(
+        &self,
+        domain: Option<&str>,
+    ) -> (ShapingConfig, config::Rates, config::QuotaLimits) {
         let s = self
             .settings
             .read()
@@ -154,7 +162,8 @@ impl Shaping {
 
     /// The shaper of a stream being activated by `requester` (a bare JID, when the
     /// activation came over XMPP), `None` when nothing is shaped or counted, or
-    /// `QuotaUsed` when the requester's account or domain has no bytes left today.
+    /// `QuotaUsed` when the requester's account or domain has no bytes left today or this
+    /// month.
     pub fn stream(
         self: &Arc<Self>,
         requester: Option<&str>,
@@ -173,8 +182,10 @@ impl Shaping {
             if let Some(q) = &self.quotas {
                 let mut m = lock(&q.accounts);
                 for (key, which) in [
-                    (format!("jid:{jid}"), stream::Limit::Jid),
-                    (format!("domain:{domain}"), stream::Limit::Domain),
+                    (format!("jid:{jid}"), stream::Limit::JidDay),
+                    (format!("domain:{domain}"), stream::Limit::DomainDay),
+                    (format!("month-jid:{jid}"), stream::Limit::JidMonth),
+                    (format!("month-domain:{domain}"), stream::Limit::DomainMonth),
                 ] {
                     let a = m.entry(key.into()).or_default().clone();
                     accounts.push((a, which));
@@ -210,12 +221,13 @@ impl Shaping {
         b
     }
 
-    /// Bytes counted today for a key ("jid:<bare jid>" or "domain:<domain>").
-    pub fn used_today(&self, key: &str) -> u64 {
-        let today = utc_day(SystemTime::now());
+    /// Bytes counted in the current period for a key: "jid:<bare jid>" or
+    /// "domain:<domain>" today, "month-jid:..." or "month-domain:..." this month.
+    pub fn used_now(&self, key: &str) -> u64 {
+        let now = Periods::now();
         self.quotas
             .as_ref()
-            .and_then(|q| lock(&q.accounts).get(key).map(|a| a.used(today)))
+            .and_then(|q| lock(&q.accounts).get(key).map(|a| a.used(now.of(key))))
             .unwrap_or(0)
     }
 
@@ -224,7 +236,7 @@ impl Shaping {
         let Some(q) = &self.quotas else {
             return Ok(());
         };
-        let today = utc_day(SystemTime::now());
+        let now = Periods::now();
         let accounts: Vec<_> = lock(&q.accounts)
             .iter()
             .map(|(k, a)| (k.clone(), a.clone()))
@@ -238,7 +250,7 @@ impl Shaping {
             }
         }
         if !rows.is_empty() {
-            match q.store.add(&rows, today) {
+            match q.store.add(&rows, now) {
                 Ok(totals) => {
                     for ((a, (_, day, _)), total) in of.iter().zip(&rows).zip(totals) {
                         a.merged(*day, total);
@@ -252,7 +264,7 @@ impl Shaping {
                 }
             }
         }
-        lock(&q.accounts).retain(|_, a| !a.stale(today) || Arc::strong_count(a) > 1);
+        lock(&q.accounts).retain(|k, a| !a.stale(now.of(k)) || Arc::strong_count(a) > 1);
         Ok(())
     }
 

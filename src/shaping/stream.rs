@@ -3,17 +3,30 @@
 //! stream share one `StreamShaper`, so rates count the two directions together.
 
 use super::bucket::TokenBucket;
-use super::quota::{utc_day, QuotaAccount};
+use super::config::QuotaLimits;
+use super::quota::{Periods, QuotaAccount};
 use super::{lock, Bucket, Shaping};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Which daily quota an account counts against.
+/// Which quota an account counts against (its index in `QuotaLimits`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Limit {
-    Jid,
-    Domain,
+    JidDay = 0,
+    DomainDay = 1,
+    JidMonth = 2,
+    DomainMonth = 3,
+}
+
+impl Limit {
+    /// The account's current period: today, or this month.
+    fn period(self, now: &Periods) -> u32 {
+        match self {
+            Limit::JidDay | Limit::DomainDay => now.day,
+            Limit::JidMonth | Limit::DomainMonth => now.month,
+        }
+    }
 }
 
 /// The answer to "may I read `want` bytes now?".
@@ -23,7 +36,7 @@ pub enum Grant {
     Go(usize),
     /// Not enough tokens: ask again at this time.
     Wait(Instant),
-    /// The requester's daily quota is used up: end the stream.
+    /// The requester's daily or monthly quota is used up: end the stream.
     QuotaUsed,
 }
 
@@ -41,8 +54,8 @@ pub struct StreamShaper {
 struct Own {
     gen: u64,
     bucket: TokenBucket,
-    /// Daily quotas (account, domain) in bytes; 0 = none.
-    quotas: (u64, u64),
+    /// The quotas in bytes; 0 = none.
+    quotas: QuotaLimits,
 }
 
 /// Narrows the grant `n` to what `b` allows now, or pushes `wait` out to when it will
@@ -96,7 +109,8 @@ impl StreamShaper {
         own
     }
 
-    /// Bytes left today under the tightest quota; `None` when no quota applies.
+    /// Bytes left under the tightest quota (today's or this month's); `None` when no
+    /// quota applies.
     pub fn quota_left(&self) -> Option<u64> {
         if self.accounts.is_empty() {
             return None;
@@ -105,19 +119,16 @@ impl StreamShaper {
         self.left_under(quotas)
     }
 
-    fn left_under(&self, (jid, domain): (u64, u64)) -> Option<u64> {
+    fn left_under(&self, limits: QuotaLimits) -> Option<u64> {
         if self.accounts.is_empty() {
             return None;
         }
-        let today = utc_day(SystemTime::now());
+        let now = Periods::at(SystemTime::now());
         self.accounts
             .iter()
             .filter_map(|(a, which)| {
-                let limit = match which {
-                    Limit::Jid => jid,
-                    Limit::Domain => domain,
-                };
-                (limit > 0).then(|| limit.saturating_sub(a.used(today)))
+                let limit = limits[*which as usize];
+                (limit > 0).then(|| limit.saturating_sub(a.used(which.period(&now))))
             })
             .min()
     }
@@ -154,9 +165,9 @@ impl StreamShaper {
             lock(b).take(n);
         }
         if !self.accounts.is_empty() {
-            let today = utc_day(SystemTime::now());
-            for (a, _) in &self.accounts {
-                a.add(today, n);
+            let now = Periods::at(SystemTime::now());
+            for (a, which) in &self.accounts {
+                a.add(which.period(&now), n);
             }
         }
     }
@@ -242,9 +253,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = QuotaConfig {
             jid_bytes_per_day: ByteSize(1000),
-            domain_bytes_per_day: ByteSize(0),
             store: Some(dir.path().join("q.redb")),
-            domains: Default::default(),
+            ..Default::default()
         };
         let sh = Shaping::new(&ShapingConfig::default(), &q).unwrap();
         let st = sh.stream(Some("romeo@example.org")).unwrap().unwrap();
@@ -254,12 +264,12 @@ mod tests {
         assert_eq!(st.grant(now, 1 << 20), Grant::QuotaUsed);
         assert!(sh.stream(Some("romeo@example.org")).is_err());
         assert!(sh.stream(Some("juliet@example.org")).unwrap().is_some());
-        assert_eq!(sh.used_today("domain:example.org"), 1000);
+        assert_eq!(sh.used_now("domain:example.org"), 1000);
         sh.flush().unwrap();
         drop(st);
         drop(sh);
         let sh = Shaping::new(&ShapingConfig::default(), &q).unwrap();
-        assert_eq!(sh.used_today("jid:romeo@example.org"), 1000);
+        assert_eq!(sh.used_now("jid:romeo@example.org"), 1000);
         assert!(sh.stream(Some("romeo@example.org")).is_err());
         // A bigger quota after a reload lets the account go on.
         let more = QuotaConfig {
@@ -327,5 +337,41 @@ mod tests {
         };
         sh.set(&ShapingConfig::default(), &plain);
         assert_eq!(st.quota_left(), Some(1000));
+    }
+
+    #[test]
+    fn a_monthly_quota_counts_alongside_the_daily_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = QuotaConfig {
+            jid_bytes_per_day: ByteSize(1000),
+            domain_bytes_per_month: ByteSize(1500),
+            store: Some(dir.path().join("q.redb")),
+            ..Default::default()
+        };
+        let sh = Shaping::new(&ShapingConfig::default(), &q).unwrap();
+        let now = Instant::now();
+        let romeo = sh.stream(Some("romeo@example.org")).unwrap().unwrap();
+        assert_eq!(romeo.grant(now, 1 << 20), Grant::Go(1000));
+        romeo.paid(1000);
+        assert_eq!(romeo.grant(now, 1 << 20), Grant::QuotaUsed, "romeo's day");
+        // Another account of the domain has its own day, but the domain's month is
+        // shared: 500 bytes are left of it.
+        let juliet = sh.stream(Some("juliet@example.org")).unwrap().unwrap();
+        assert_eq!(juliet.quota_left(), Some(500));
+        juliet.paid(500);
+        assert!(
+            sh.stream(Some("nurse@example.org")).is_err(),
+            "the domain's month"
+        );
+        assert_eq!(sh.used_now("month-domain:example.org"), 1500);
+        assert_eq!(sh.used_now("month-jid:romeo@example.org"), 1000);
+        assert_eq!(sh.used_now("jid:juliet@example.org"), 500);
+        // Kept across a restart, month and day alike.
+        sh.flush().unwrap();
+        drop((romeo, juliet, sh));
+        let sh = Shaping::new(&ShapingConfig::default(), &q).unwrap();
+        assert_eq!(sh.used_now("month-domain:example.org"), 1500);
+        assert!(sh.stream(Some("tybalt@example.org")).is_err());
+        assert!(sh.stream(Some("tybalt@verona.example")).unwrap().is_some());
     }
 }

@@ -262,12 +262,12 @@ impl Worker {
         self.stats().shaping_waits.fetch_add(1, Relaxed);
     }
 
-    /// The stream's daily quota ran out while `id` was sending: its sender gets a reset
+    /// The stream's quota ran out while `id` was sending: its sender gets a reset
     /// (its further bytes are refused), the receiver a FIN after every byte read within
     /// the quota (a reset would discard what still sits in its socket's send queue).
     fn quota_cut(&mut self, id: ConnId) {
         if let Some(s) = self.side(id) {
-            tracing::info!(key = %s.key, "daily quota used up: stream cut");
+            tracing::info!(key = %s.key, "quota used up: stream cut");
         }
         self.stats().refuse(Refusal::Quota);
         self.end_relay_as(id, CloseKind::Abort, CloseKind::Graceful);
