@@ -1,6 +1,7 @@
 //! Relay throughput against the physical baseline, measured in one run: the same sender
 //! and receiver code moves data over direct loopback TCP, then through the proxy with each
-//! engine, for 1 pair and for 64 concurrent pairs. Prints Gbit/s and the ratio to direct:
+//! engine, and through a throw-away blocking reference relay (a thread per direction, as
+//! in the yardstick), for 1 pair and for 64 concurrent pairs. Prints Gbit/s and the ratio to direct:
 //! the median over the rounds of each round's ratio, and the lowest and highest.
 //!
 //! `cargo bench --bench relay_vs_direct` (env: RELAY_BENCH_GIB to change the volume,
@@ -107,27 +108,128 @@ fn direct_pairs(pairs: usize) -> Vec<(TcpStream, TcpStream)> {
         .collect()
 }
 
-/// One proxied case: engine, worker count, and whether the copy engine uses SEND_ZC.
+/// One relayed case: streamhost with an engine, a worker count and whether the copy
+/// engine uses SEND_ZC; or the reference relay.
 #[derive(Clone, Copy)]
-struct Case {
-    engine: Engine,
-    workers: usize,
-    send_zc: bool,
+enum Case {
+    Streamhost {
+        engine: Engine,
+        workers: usize,
+        send_zc: bool,
+    },
+    /// The yardstick: a throw-away blocking relay with one thread per direction.
+    Reference { splice: bool },
 }
 
 impl Case {
     fn name(&self) -> String {
-        let zc = if self.send_zc { "+zc" } else { "" };
-        format!("{:?}{zc} w={}", self.engine, self.workers)
+        match *self {
+            Case::Streamhost {
+                engine,
+                workers,
+                send_zc,
+            } => {
+                let zc = if send_zc { "+zc" } else { "" };
+                format!("{engine:?}{zc} w={workers}")
+            }
+            Case::Reference { splice: true } => "reference splice".into(),
+            Case::Reference { splice: false } => "reference recv/send".into(),
+        }
+    }
+
+    fn run(self, pairs: usize, bytes: u64) -> f64 {
+        match self {
+            Case::Streamhost {
+                engine,
+                workers,
+                send_zc,
+            } => proxied(engine, workers, send_zc, pairs, bytes),
+            Case::Reference { splice } => reference(splice, pairs, bytes),
+        }
     }
 }
 
-fn proxied(case: Case, pairs: usize, bytes: u64) -> f64 {
-    let Case {
-        engine,
-        workers,
-        send_zc,
-    } = case;
+/// The reference relay: every pair's two connections accepted by plain listeners, and a
+/// blocking thread per direction moving up to 1 MiB per call, through a buffer
+/// (recv/send) or a 1 MiB pipe (splice). No rendezvous, no limits, no accounting.
+fn reference(splice: bool, pairs: usize, bytes: u64) -> f64 {
+    let front = TcpListener::bind("127.0.0.1:0").unwrap();
+    let back = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut conns = Vec::new();
+    let mut pumps = Vec::new();
+    for _ in 0..pairs {
+        let tx = TcpStream::connect(front.local_addr().unwrap()).unwrap();
+        let (a, _) = front.accept().unwrap();
+        let b = TcpStream::connect(back.local_addr().unwrap()).unwrap();
+        let (rx, _) = back.accept().unwrap();
+        let (a2, b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+        pumps.push(thread::spawn(move || pump(a, b, splice)));
+        pumps.push(thread::spawn(move || pump(b2, a2, splice)));
+        conns.push((tx, rx));
+    }
+    let g = transfer(conns, bytes);
+    for p in pumps {
+        p.join().unwrap();
+    }
+    g
+}
+
+/// Moves `from` -> `to` until EOF (then shuts `to` for writing) or an error.
+fn pump(mut from: TcpStream, to: TcpStream, splice: bool) {
+    use std::os::fd::AsRawFd;
+    if splice {
+        let mut p = [0i32; 2];
+        // SAFETY: pipe2 writes two new descriptors into the array; F_SETPIPE_SZ resizes
+        // the pipe we just made.
+        unsafe {
+            assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
+            libc::fcntl(p[1], libc::F_SETPIPE_SZ, 1 << 20);
+        }
+        let sp = |i: i32, o: i32, n: usize| {
+            // SAFETY: blocking splice between descriptors this thread owns, no offsets.
+            unsafe {
+                libc::splice(
+                    i,
+                    std::ptr::null_mut(),
+                    o,
+                    std::ptr::null_mut(),
+                    n,
+                    libc::SPLICE_F_MOVE,
+                )
+            }
+        };
+        'outer: loop {
+            let n = sp(from.as_raw_fd(), p[1], 1 << 20);
+            if n <= 0 {
+                break;
+            }
+            let mut left = n as usize;
+            while left > 0 {
+                let m = sp(p[0], to.as_raw_fd(), left);
+                if m <= 0 {
+                    break 'outer;
+                }
+                left -= m as usize;
+            }
+        }
+        // SAFETY: closing the two pipe descriptors made above, once.
+        unsafe {
+            libc::close(p[0]);
+            libc::close(p[1]);
+        }
+    } else {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut to_w = &to;
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to_w.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+fn proxied(engine: Engine, workers: usize, send_zc: bool, pairs: usize, bytes: u64) -> f64 {
     let mut c = Config {
         workers,
         listen: vec!["127.0.0.1:0".parse().unwrap()],
@@ -211,7 +313,7 @@ fn main() {
         let bytes = (gib * (1u64 << 30) as f64 / pairs as f64) as u64;
         let mut direct = Vec::new();
         let mut results: Vec<(String, Vec<(f64, f64)>)> = vec![];
-        let case = |engine, workers, send_zc| Case {
+        let case = |engine, workers, send_zc| Case::Streamhost {
             engine,
             workers,
             send_zc,
@@ -226,6 +328,10 @@ fn main() {
         let cases: Vec<Case> = engines
             .iter()
             .flat_map(|&(e, zc)| worker_counts.iter().map(move |&w| case(e, w, zc)))
+            .chain([
+                Case::Reference { splice: false },
+                Case::Reference { splice: true },
+            ])
             .filter(|c| {
                 let name = c.name().to_lowercase();
                 // `^x` matches names starting with x (`^splice` leaves out uring-splice).
@@ -246,7 +352,7 @@ fn main() {
             let d = transfer(direct_pairs(pairs), bytes);
             direct.push(d);
             for (i, &c) in cases.iter().enumerate() {
-                let g = proxied(c, pairs, bytes);
+                let g = c.run(pairs, bytes);
                 if results.len() <= i {
                     results.push((c.name(), vec![]));
                 }
