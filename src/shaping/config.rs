@@ -187,6 +187,13 @@ impl QuotaConfig {
                 .any(|d| self.limits_for(Some(d)).iter().any(|&q| q > 0))
     }
 
+    /// Whether any monthly quota is set, for everyone or for some domain.
+    pub fn monthly(&self) -> bool {
+        std::iter::once(None)
+            .chain(self.domains.keys().map(|d| Some(d.as_str())))
+            .any(|d| self.limits_for(d)[2..].iter().any(|&q| q > 0))
+    }
+
     /// The quotas for a requester of `domain` (an override's, else the section's own).
     pub fn limits_for(&self, domain: Option<&str>) -> QuotaLimits {
         let o = domain.and_then(|d| self.domains.get(d));
@@ -314,7 +321,7 @@ mod tests {
             "jid_bytes_per_month = \"10 GB\"\n[domains.\"a.org\"]\njid_bytes_per_month = 0\n",
         )
         .unwrap();
-        assert!(q.enabled());
+        assert!(q.enabled() && q.monthly());
         assert_eq!(q.limits_for(Some("b.org")), [0, 0, 10_000_000_000, 0]);
         assert_eq!(q.limits_for(Some("a.org")), [0; 4]);
     }

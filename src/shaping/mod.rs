@@ -51,6 +51,9 @@ pub struct Shaping {
     gen: AtomicU64,
     /// Shaping or quota accounting is on: streams get a `StreamShaper`.
     on: AtomicBool,
+    /// A monthly quota is set (for everyone or some domain): streams count months too.
+    /// Monthly counts are kept only then, since a month's accounts stay in memory all month.
+    monthly: AtomicBool,
     quota: RwLock<QuotaConfig>,
     global: Arc<Bucket>,
     jids: Mutex<HashMap<Box<str>, Weak<Bucket>>>,
@@ -96,6 +99,7 @@ impl Shaping {
             settings: RwLock::new(shaping.clone()),
             gen: AtomicU64::new(0),
             on: AtomicBool::new(false),
+            monthly: AtomicBool::new(quota.monthly()),
             quota: RwLock::new(quota.clone()),
             jids: Default::default(),
             domains: Default::default(),
@@ -130,6 +134,7 @@ impl Shaping {
             }
         }
         *self.quota.write().unwrap_or_else(|e| e.into_inner()) = quota.clone();
+        self.monthly.store(quota.monthly(), Relaxed);
         self.on
             .store(shaping.enabled() || self.quotas.is_some(), Relaxed);
         self.gen.fetch_add(1, Relaxed);
@@ -174,6 +179,7 @@ impl Shaping {
         let now = Instant::now();
         let domain = requester.map(domain_of);
         let (s, rates, _) = self.limits_for(domain);
+        let monthly = self.monthly.load(Relaxed);
         let mut shared = vec![self.global.clone()];
         let mut accounts = Vec::new();
         if let (Some(jid), Some(domain)) = (requester, domain) {
@@ -181,12 +187,16 @@ impl Shaping {
             shared.push(self.bucket(&self.domains, domain, &s, rates.domain, now));
             if let Some(q) = &self.quotas {
                 let mut m = lock(&q.accounts);
-                for (key, which) in [
+                let days = [
                     (format!("jid:{jid}"), stream::Limit::JidDay),
                     (format!("domain:{domain}"), stream::Limit::DomainDay),
+                ];
+                let months = [
                     (format!("month-jid:{jid}"), stream::Limit::JidMonth),
                     (format!("month-domain:{domain}"), stream::Limit::DomainMonth),
-                ] {
+                ];
+                let months = months.into_iter().filter(|_| monthly);
+                for (key, which) in days.into_iter().chain(months) {
                     let a = m.entry(key.into()).or_default().clone();
                     accounts.push((a, which));
                 }

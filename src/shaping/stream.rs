@@ -265,6 +265,8 @@ mod tests {
         assert!(sh.stream(Some("romeo@example.org")).is_err());
         assert!(sh.stream(Some("juliet@example.org")).unwrap().is_some());
         assert_eq!(sh.used_now("domain:example.org"), 1000);
+        // No monthly quota is set: months are not counted (nor kept in memory).
+        assert_eq!(sh.used_now("month-jid:romeo@example.org"), 0);
         sh.flush().unwrap();
         drop(st);
         drop(sh);
