@@ -37,12 +37,26 @@ pub struct DomainShaping {
     pub domain_rate: Option<ByteRate>,
 }
 
-/// The rates that apply to one stream's requester.
+/// The rates that apply to one stream's requester, and the burst setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rates {
     pub stream: ByteRate,
     pub jid: ByteRate,
     pub domain: ByteRate,
+    pub burst_ms: u64,
+}
+
+impl Rates {
+    /// The burst of a bucket with `rate` (see `ShapingConfig::burst`).
+    pub fn burst(&self, rate: ByteRate) -> u64 {
+        burst(self.burst_ms, rate)
+    }
+}
+
+/// `burst_ms` of `rate`, and at least 16 KiB so that a grant is never smaller than a
+/// useful chunk.
+fn burst(burst_ms: u64, rate: ByteRate) -> u64 {
+    ((rate.0 as u128 * burst_ms as u128 / 1000) as u64).max(16 << 10)
 }
 
 impl Default for ShapingConfig {
@@ -141,13 +155,14 @@ impl ShapingConfig {
             stream: pick(|d| d.stream_rate, self.stream_rate),
             jid: pick(|d| d.jid_rate, self.jid_rate),
             domain: pick(|d| d.domain_rate, self.domain_rate),
+            burst_ms: self.burst_ms,
         }
     }
 
     /// The burst of a bucket with `rate`: `burst_ms` of it, and at least 16 KiB so that a
     /// grant is never smaller than a useful chunk.
     pub fn burst(&self, rate: ByteRate) -> u64 {
-        ((rate.0 as u128 * self.burst_ms as u128 / 1000) as u64).max(16 << 10)
+        burst(self.burst_ms, rate)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -147,22 +147,18 @@ impl Shaping {
     }
 
     /// The rates and the quotas for a requester of `domain`.
-    fn limits_for(
-        &self,
-        domain: Option<&str>,
-    ) -> (ShapingConfig, config::Rates, config::QuotaLimits) {
-        let s = self
+    fn limits_for(&self, domain: Option<&str>) -> (config::Rates, config::QuotaLimits) {
+        let rates = self
             .settings
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let rates = s.rates_for(domain);
+            .rates_for(domain);
         let quotas = self
             .quota
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .limits_for(domain);
-        (s, rates, quotas)
+        (rates, quotas)
     }
 
     /// The shaper of a stream being activated by `requester` (a bare JID, when the
@@ -178,13 +174,13 @@ impl Shaping {
         }
         let now = Instant::now();
         let domain = requester.map(domain_of);
-        let (s, rates, _) = self.limits_for(domain);
+        let (rates, _) = self.limits_for(domain);
         let monthly = self.monthly.load(Relaxed);
         let mut shared = vec![self.global.clone()];
         let mut accounts = Vec::new();
         if let (Some(jid), Some(domain)) = (requester, domain) {
-            shared.push(self.bucket(&self.jids, jid, &s, rates.jid, now));
-            shared.push(self.bucket(&self.domains, domain, &s, rates.domain, now));
+            shared.push(self.bucket(&self.jids, jid, &rates, rates.jid, now));
+            shared.push(self.bucket(&self.domains, domain, &rates, rates.domain, now));
             if let Some(q) = &self.quotas {
                 let mut m = lock(&q.accounts);
                 let days = [
@@ -214,7 +210,7 @@ impl Shaping {
         &self,
         map: &Mutex<HashMap<Box<str>, Weak<Bucket>>>,
         name: &str,
-        s: &ShapingConfig,
+        rates: &config::Rates,
         rate: units::ByteRate,
         now: Instant,
     ) -> Arc<Bucket> {
@@ -226,7 +222,7 @@ impl Shaping {
             // Forget the accounts that have no stream left, now and then.
             m.retain(|_, w| w.strong_count() > 0);
         }
-        let b = Arc::new(Mutex::new(TokenBucket::new(rate.0, s.burst(rate), now)));
+        let b = Arc::new(Mutex::new(TokenBucket::new(rate.0, rates.burst(rate), now)));
         m.insert(name.into(), Arc::downgrade(&b));
         b
     }

@@ -82,11 +82,11 @@ impl StreamShaper {
         accounts: Vec<(Arc<QuotaAccount>, Limit)>,
     ) -> StreamShaper {
         let gen = shaping.gen.load(Relaxed);
-        let (s, rates, quotas) = shaping.limits_for(domain);
+        let (rates, quotas) = shaping.limits_for(domain);
         StreamShaper {
             own: Mutex::new(Own {
                 gen,
-                bucket: TokenBucket::new(rates.stream.0, s.burst(rates.stream), now),
+                bucket: TokenBucket::new(rates.stream.0, rates.burst(rates.stream), now),
                 quotas,
             }),
             domain: domain.map(Into::into),
@@ -101,8 +101,9 @@ impl StreamShaper {
         let mut own = lock(&self.own);
         let gen = self.shaping.gen.load(Relaxed);
         if own.gen != gen {
-            let (s, rates, quotas) = self.shaping.limits_for(self.domain.as_deref());
-            own.bucket.set(rates.stream.0, s.burst(rates.stream), now);
+            let (rates, quotas) = self.shaping.limits_for(self.domain.as_deref());
+            own.bucket
+                .set(rates.stream.0, rates.burst(rates.stream), now);
             own.quotas = quotas;
             own.gen = gen;
         }
