@@ -222,6 +222,15 @@ impl Worker {
         self.ring.push(entry);
     }
 
+    /// Arms a one-shot poll on `fd` (a connection's socket or its peer's) for `events`;
+    /// its completion comes back as `op` for connection `id`.
+    fn arm_poll(&mut self, id: ConnId, fd: RawFd, events: i16, op: Op) {
+        let e = opcode::PollAdd::new(types::Fd(fd), events as u32)
+            .build()
+            .user_data(token(op, id.idx, id.gen));
+        self.push_conn_op(id, e);
+    }
+
     fn arm_accept(&mut self, i: usize) {
         let fd = self.listeners[i].as_raw_fd();
         let e = opcode::AcceptMulti::new(types::Fd(fd))

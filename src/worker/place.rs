@@ -10,7 +10,7 @@ use crate::rendezvous::{Activation, ActivationOutcome, Insert};
 use crate::shaping::QuotaUsed;
 use crate::socks5::{failure_reply, success_reply, Rep};
 use crate::stats::Refusal;
-use io_uring::{opcode, types};
+use io_uring::opcode;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -69,13 +69,13 @@ impl Worker {
         let Some(c) = self.conns.get(id) else {
             return;
         };
-        let e = opcode::PollAdd::new(
-            types::Fd(c.fd),
-            (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32,
-        )
-        .build()
-        .user_data(token(Op::WaitPoll, id.idx, id.gen));
-        self.push_conn_op(id, e);
+        let fd = c.fd;
+        self.arm_poll(
+            id,
+            fd,
+            libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR,
+            Op::WaitPoll,
+        );
     }
 
     /// A waiting half's peer hung up or shut down writing before activation.

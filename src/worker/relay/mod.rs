@@ -21,6 +21,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// What a relay direction waits for before it reads: data, or the peer's shutdown.
+const READABLE: i16 = libc::POLLIN | libc::POLLRDHUP;
+
 impl Worker {
     /// Both halves are activated; starts moving bytes once both final replies are out.
     pub(in crate::worker) fn start_relay(
@@ -240,12 +243,19 @@ impl Worker {
                 continue;
             }
             s.starving = false;
-            match self.shared.config.relay.engine {
-                Engine::Copy => self.copy_arm_recv(id),
-                Engine::Splice => self.splice_pump(id),
-                Engine::UringSplice => self.us_start(id),
-            }
+            self.resume_reading(id);
             return;
+        }
+    }
+
+    /// Goes on with a direction that waited for a pipe or buffer, or for shaping tokens:
+    /// it stopped where its engine reads next (for uring-splice, in `us_start` with
+    /// nothing in flight and an empty pipe).
+    fn resume_reading(&mut self, id: ConnId) {
+        match self.shared.config.relay.engine {
+            Engine::Copy => self.copy_arm_recv(id),
+            Engine::Splice => self.splice_pump(id),
+            Engine::UringSplice => self.us_start(id),
         }
     }
 
@@ -274,7 +284,7 @@ impl Worker {
     }
 
     /// What the stream's shaper says about reading up to `want` bytes now (always
-    /// `Read(want)` for an unshaped stream). Only asks; the engine acts on the answer.
+    /// `Go(want)` for an unshaped stream). Only asks; the engine acts on the answer.
     fn shaped(&mut self, id: ConnId, want: usize) -> Grant {
         let now = self.now;
         match self.side(id).and_then(|s| s.shaper.as_ref()) {
@@ -298,12 +308,7 @@ impl Worker {
                 continue;
             }
             s.throttled = false;
-            match self.shared.config.relay.engine {
-                Engine::Copy => self.copy_arm_recv(id),
-                Engine::Splice => self.splice_pump(id),
-                // Parked in `us_start` with nothing in flight and an empty pipe.
-                Engine::UringSplice => self.us_start(id),
-            }
+            self.resume_reading(id);
         }
     }
 

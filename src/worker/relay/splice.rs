@@ -3,12 +3,11 @@
 //! park an io-wq kernel thread on every waiting splice; this keeps the worker the only
 //! thread. A pipe is borrowed from the per-core pool only while bytes sit in it.
 
-use super::super::ring::{token, Op};
+use super::super::ring::Op;
 use super::super::slab::ConnId;
 use super::super::Worker;
-use super::side_of;
+use super::{side_of, READABLE};
 use crate::shaping::Grant;
-use io_uring::{opcode, types};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Rounds of fill/drain per readiness event before yielding to other connections.
@@ -19,17 +18,11 @@ impl Worker {
         let Some(c) = self.conns.get(id) else {
             return;
         };
-        let e = opcode::PollAdd::new(types::Fd(c.fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
-            .build()
-            .user_data(token(Op::PollIn, id.idx, id.gen));
-        self.push_conn_op(id, e);
+        self.arm_poll(id, c.fd, READABLE, Op::PollIn);
     }
 
     fn splice_arm_out(&mut self, id: ConnId, peer_fd: i32) {
-        let e = opcode::PollAdd::new(types::Fd(peer_fd), libc::POLLOUT as u32)
-            .build()
-            .user_data(token(Op::PollOut, id.idx, id.gen));
-        self.push_conn_op(id, e);
+        self.arm_poll(id, peer_fd, libc::POLLOUT, Op::PollOut);
     }
 
     /// Either poll fired (readable, or the peer writable): move what can move now.

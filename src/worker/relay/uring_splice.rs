@@ -16,7 +16,7 @@
 use super::super::ring::{token, Op};
 use super::super::slab::ConnId;
 use super::super::Worker;
-use super::side_of;
+use super::{side_of, READABLE};
 use crate::shaping::Grant;
 use io_uring::{opcode, squeue, types};
 use std::sync::atomic::Ordering::Relaxed;
@@ -41,10 +41,7 @@ impl Worker {
             return;
         }
         s.reading = true;
-        let e = opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
-            .build()
-            .user_data(token(Op::UsPollIn, id.idx, id.gen));
-        self.push_conn_op(id, e);
+        self.arm_poll(id, fd, READABLE, Op::UsPollIn);
     }
 
     pub(in crate::worker) fn us_on_readable(&mut self, id: ConnId, res: i32) {
@@ -207,10 +204,8 @@ impl Worker {
             return;
         };
         s.writing = true;
-        let e = opcode::PollAdd::new(types::Fd(s.peer_fd), libc::POLLOUT as u32)
-            .build()
-            .user_data(token(Op::UsPollOut, id.idx, id.gen));
-        self.push_conn_op(id, e);
+        let peer_fd = s.peer_fd;
+        self.arm_poll(id, peer_fd, libc::POLLOUT, Op::UsPollOut);
     }
 
     pub(in crate::worker) fn us_on_writable(&mut self, id: ConnId, res: i32) {
