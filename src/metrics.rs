@@ -21,6 +21,7 @@ use http::Route;
 use prometheus_client::registry::Registry;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +33,9 @@ use tracing::{debug, info, warn};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more are closed at once.
 pub const MAX_CLIENTS: usize = 16;
+
+/// The endpoint's thread: small requests, no recursion.
+const STACK_SIZE: usize = 512 * 1024;
 
 /// The running endpoint. Dropping it (or `stop`) stops the thread.
 #[derive(Debug)]
@@ -52,8 +56,17 @@ pub fn serve(
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let sources = Sources { data, control };
-    let thread = AsyncThread::spawn("streamhost-metrics", move |stop| {
-        run(listener, sources, stop)
+    let panics = Arc::new(AtomicU64::new(0));
+    let thread = AsyncThread::spawn("streamhost-metrics", STACK_SIZE, panics, move |stop| {
+        // A restart after a panic serves the same socket.
+        let listener = listener.try_clone();
+        let sources = sources.clone();
+        async move {
+            match listener {
+                Ok(l) => run(l, sources, stop).await,
+                Err(e) => tracing::error!("metrics listener: {e}"),
+            }
+        }
     })?;
     info!(%addr, "metrics listening");
     Ok(MetricsServer { addr, thread })

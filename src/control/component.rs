@@ -8,9 +8,11 @@
 //! (keepalive ping, bad-request) and keeps the link.
 
 use super::backoff::Backoff;
+use super::bounded_stream::{DropCounts, REPORTS};
 use super::config::ControlSettings;
 use super::connector::NoDelayConnector;
 use super::service::{Action, Service};
+use super::stanza_bounds::Dropped;
 use super::stream_limit::StreamsPerJid;
 use super::telemetry::{is_activation, ActivationReply, ActivationSnapshot, ActivationStats};
 use super::Activator;
@@ -25,7 +27,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_xmpp::connect::{DnsConfig, ServerConnector};
 use tokio_xmpp::xmlstream::{
     FallibleStreamElement, ReadError, StreamElementError, Timeouts, XmppStream, XmppStreamElement,
@@ -35,6 +37,7 @@ use xmpp_parsers::component::Handshake;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::ping::Ping;
 use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 /// How long a login (TCP connect, stream open, handshake) may take.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +45,12 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 const ACTIVATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a clean stream close may take when stopping.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The control thread's stack. Parsing and dropping a stanza recurse once per nesting
+/// level (a few hundred bytes each in minidom and xmpp-parsers); 8 MiB covers
+/// `config::MAX_STANZA_DEPTH` many times over (a test parses that depth on this stack).
+pub(crate) const STACK_SIZE: usize = 8 * 1024 * 1024;
+/// At most one "stanza dropped" log line per this period (the rest are counted).
+const DROP_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// State of the component link, for metrics and readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +76,9 @@ struct Shared {
     state: AtomicU8,
     logins: AtomicU64,
     activations: Arc<ActivationStats>,
+    drops: Arc<DropCounts>,
+    /// Times the control thread panicked and was restarted.
+    restarts: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -106,6 +118,16 @@ impl ControlStatus {
     /// Activation latency histogram and replies by kind.
     pub fn activations(&self) -> ActivationSnapshot {
         self.shared.activations.snapshot()
+    }
+
+    /// Stanzas from the server dropped unparsed, by reason.
+    pub fn stanza_drops(&self) -> [(super::stanza_bounds::DropReason, u64); 3] {
+        self.shared.drops.snapshot()
+    }
+
+    /// Times the control thread panicked and was started again.
+    pub fn restarts(&self) -> u64 {
+        self.shared.restarts.load(Ordering::Relaxed)
     }
 }
 
@@ -168,8 +190,18 @@ pub fn spawn(
     let acl = service.acl_handle();
     let limit = StreamsPerJid::new(settings.max_streams_per_jid);
     let lim = limit.clone();
-    let thread = AsyncThread::spawn("streamhost-xmpp", move |stop| {
-        run(settings, service, activator, sh, lim, stop)
+    let restarts = shared.restarts.clone();
+    // Supervised: a panic anywhere in the control plane restarts it here (and the link
+    // with it); the data plane runs on.
+    let thread = AsyncThread::spawn("streamhost-xmpp", STACK_SIZE, restarts, move |stop| {
+        run(
+            settings.clone(),
+            service.clone(),
+            activator.clone(),
+            sh.clone(),
+            lim.clone(),
+            stop,
+        )
     })?;
     Ok(ControlHandle {
         shared,
@@ -180,6 +212,12 @@ pub fn spawn(
 }
 
 type Stream = XmppStream<<NoDelayConnector as ServerConnector>::Stream>;
+
+/// A logged-in link and the reports of the stanzas its filter drops.
+pub(super) struct Link {
+    stream: Stream,
+    drops: mpsc::Receiver<Dropped>,
+}
 
 async fn run(
     settings: ControlSettings,
@@ -193,20 +231,20 @@ async fn run(
     loop {
         shared.set(ConnState::Connecting);
         let login = tokio::select! {
-            r = tokio::time::timeout(LOGIN_TIMEOUT, login(&settings)) => {
+            r = tokio::time::timeout(LOGIN_TIMEOUT, login(&settings, &shared.drops)) => {
                 r.unwrap_or_else(|_| Err(format!("no login within {LOGIN_TIMEOUT:?}")))
             }
             _ = stop.changed() => break,
         };
         match login {
-            Ok(stream) => {
+            Ok(link) => {
                 shared.set(ConnState::Connected);
                 shared.logins.fetch_add(1, Ordering::AcqRel);
                 backoff.reset();
                 info!(server = %settings.server, jid = %settings.jid, "component connected");
                 let stats = &shared.activations;
                 match serve(
-                    stream,
+                    link,
                     &service,
                     &*activator,
                     &settings,
@@ -237,7 +275,7 @@ async fn run(
 }
 
 /// TCP connect (each resolved address in turn), stream open, XEP-0114 handshake.
-async fn login(settings: &ControlSettings) -> Result<Stream, String> {
+async fn login(settings: &ControlSettings, drops: &Arc<DropCounts>) -> Result<Link, String> {
     let addrs: Vec<_> = tokio::net::lookup_host(settings.server.as_str())
         .await
         .map_err(|e| format!("cannot resolve {}: {e}", settings.server))?
@@ -249,7 +287,7 @@ async fn login(settings: &ControlSettings) -> Result<Stream, String> {
             last = format!("connect {addr}: {e}");
             continue;
         }
-        match login_at(settings, &addr.to_string()).await {
+        match login_at(settings, &addr.to_string(), drops).await {
             Ok(s) => return Ok(s),
             Err(e) => last = format!("{addr}: {e}"),
         }
@@ -257,8 +295,18 @@ async fn login(settings: &ControlSettings) -> Result<Stream, String> {
     Err(last)
 }
 
-async fn login_at(settings: &ControlSettings, addr: &str) -> Result<Stream, String> {
-    let connector = NoDelayConnector(DnsConfig::addr(addr));
+pub(super) async fn login_at(
+    settings: &ControlSettings,
+    addr: &str,
+    drops: &Arc<DropCounts>,
+) -> Result<Link, String> {
+    let (reports, drops_rx) = mpsc::channel(REPORTS);
+    let connector = NoDelayConnector {
+        dns: DnsConfig::addr(addr),
+        limits: settings.stanza_limits,
+        counts: drops.clone(),
+        reports,
+    };
     let jid = Jid::from(settings.jid.clone());
     let (mut pending, _) = connector
         .connect(&jid, xmpp_parsers::ns::COMPONENT, Timeouts::tight())
@@ -278,7 +326,10 @@ async fn login_at(settings: &ControlSettings, addr: &str) -> Result<Stream, Stri
     loop {
         match stream.next().await {
             Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::ComponentHandshake(_)))) => {
-                return Ok(stream)
+                return Ok(Link {
+                    stream,
+                    drops: drops_rx,
+                })
             }
             Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
                 return Err(format!(
@@ -293,15 +344,24 @@ async fn login_at(settings: &ControlSettings, addr: &str) -> Result<Stream, Stri
     }
 }
 
-enum End {
+pub(super) enum End {
     Stopped,
     Lost(String),
 }
 
+impl End {
+    pub(super) fn describe(&self) -> String {
+        match self {
+            End::Stopped => "stopped".into(),
+            End::Lost(why) => why.clone(),
+        }
+    }
+}
+
 type Pending = Pin<Box<dyn Future<Output = Stanza> + Send>>;
 
-async fn serve(
-    mut stream: Stream,
+pub(super) async fn serve(
+    link: Link,
     service: &Service,
     activator: &dyn Activator,
     settings: &ControlSettings,
@@ -309,8 +369,13 @@ async fn serve(
     limit: &Arc<StreamsPerJid>,
     stop: &mut watch::Receiver<bool>,
 ) -> End {
+    let Link {
+        mut stream,
+        mut drops,
+    } = link;
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     let mut pings = 0u64;
+    let mut drop_log = DropLog::default();
     loop {
         let out = tokio::select! {
             biased;
@@ -322,6 +387,24 @@ async fn serve(
                 return End::Stopped;
             }
             Some(reply) = pending.next(), if !pending.is_empty() => Some(reply),
+            Some(d) = drops.recv() => {
+                drop_log.note(&d);
+                if d.name == "iq" {
+                    match service.reject_iq(
+                        d.type_.as_deref(),
+                        d.from.as_deref(),
+                        d.to.as_deref(),
+                        d.id.as_deref(),
+                        DefinedCondition::PolicyViolation,
+                        "stanza over the proxy's size or depth limit",
+                    ) {
+                        Action::Reply(r) => Some(*r),
+                        _ => None,
+                    }
+                } else {
+                    None
+                }
+            }
             item = stream.next() => match item {
                 None => return End::Lost("connection closed".into()),
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(st)))) => {
@@ -355,11 +438,13 @@ async fn serve(
                     ..
                 }))) if name.to_string() == "iq" => {
                     debug!("invalid IQ: {error}");
-                    match service.handle_invalid_iq(
+                    match service.reject_iq(
                         header.type_.as_deref(),
                         header.from.as_deref(),
                         header.to.as_deref(),
                         header.id.as_deref(),
+                        DefinedCondition::BadRequest,
+                        "malformed IQ",
                     ) {
                         Action::Reply(r) => Some(*r),
                         _ => None,
@@ -386,6 +471,33 @@ async fn serve(
                 return End::Lost(format!("send failed: {e}"));
             }
         }
+    }
+}
+
+/// One warning per `DROP_LOG_PERIOD` for dropped stanzas, saying how many were dropped
+/// since the last one: a flood of them cannot flood the log.
+#[derive(Default)]
+struct DropLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl DropLog {
+    fn note(&mut self, d: &Dropped) {
+        self.unlogged += 1;
+        if self.last.is_some_and(|t| t.elapsed() < DROP_LOG_PERIOD) {
+            return;
+        }
+        warn!(
+            reason = d.reason.label(),
+            element = %d.name,
+            from = d.from.as_deref().unwrap_or(""),
+            dropped = self.unlogged,
+            "dropped stanza(s) from the server over the component's limits \
+             (component.max_stanza_size / max_stanza_depth)"
+        );
+        self.last = Some(Instant::now());
+        self.unlogged = 0;
     }
 }
 

@@ -2,12 +2,23 @@
 //! component, what it advertises, and whom it serves.
 
 use super::acl::{Acl, Entry};
+use super::stanza_bounds::StanzaLimits;
 use crate::config::{invalid, ConfigError};
+use crate::shaping::units::ByteSize;
 use jid::BareJid;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+/// Bounds of `max_stanza_size`: an activation result fits in 4 KiB; more than 64 MiB
+/// would let one stanza take more memory than the whole control plane is meant to.
+const MIN_STANZA_SIZE: u64 = 4 * 1024;
+const MAX_STANZA_SIZE: u64 = 64 * 1024 * 1024;
+/// Bounds of `max_stanza_depth`: discovery replies nest 3 deep; the control thread's
+/// stack (`component::STACK_SIZE`) is sized for the maximum.
+const MIN_STANZA_DEPTH: u32 = 8;
+pub const MAX_STANZA_DEPTH: u32 = 1024;
 
 /// A shared secret that never shows up in logs or `Debug` output.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
@@ -54,6 +65,11 @@ pub struct ControlConfig {
     /// Relays one requester (bare JID) may have running at once; 0 = no limit. Over it,
     /// activation answers resource-constraint (ejabberd's max_connections).
     pub max_streams_per_jid: u32,
+    /// Largest stanza accepted from the server ("256 KiB" or bytes); larger ones are
+    /// dropped unparsed (an IQ request gets policy-violation).
+    pub max_stanza_size: ByteSize,
+    /// Deepest element nesting accepted in a stanza (the stanza itself is 1).
+    pub max_stanza_depth: u32,
     pub access: AccessConfig,
 }
 
@@ -76,6 +92,8 @@ impl Default for ControlConfig {
             advertise: Vec::new(),
             domains: Vec::new(),
             max_streams_per_jid: 0,
+            max_stanza_size: ByteSize(StanzaLimits::DEFAULT.max_size as u64),
+            max_stanza_depth: StanzaLimits::DEFAULT.max_depth,
             access: AccessConfig::default(),
         }
     }
@@ -99,6 +117,7 @@ pub struct ControlSettings {
     pub domains: Vec<String>,
     pub acl: Acl,
     pub max_streams_per_jid: u32,
+    pub stanza_limits: StanzaLimits,
 }
 
 /// "host:port" -> (host without IPv6 brackets, port).
@@ -161,6 +180,35 @@ impl ControlConfig {
             domains,
             acl,
             max_streams_per_jid: self.max_streams_per_jid,
+            stanza_limits: self.stanza_limits()?,
+        })
+    }
+
+    fn stanza_limits(&self) -> Result<StanzaLimits, ConfigError> {
+        let size = self.max_stanza_size.0;
+        if !(MIN_STANZA_SIZE..=MAX_STANZA_SIZE).contains(&size) {
+            return Err(invalid(
+                "component.max_stanza_size",
+                format!(
+                    "{size} bytes is outside {} KiB to {} MiB",
+                    MIN_STANZA_SIZE >> 10,
+                    MAX_STANZA_SIZE >> 20
+                ),
+            ));
+        }
+        let depth = self.max_stanza_depth;
+        if !(MIN_STANZA_DEPTH..=MAX_STANZA_DEPTH).contains(&depth) {
+            return Err(invalid(
+                "component.max_stanza_depth",
+                format!(
+                    "{depth} is outside {MIN_STANZA_DEPTH} to {MAX_STANZA_DEPTH} \
+                     (the control thread's stack is sized for the maximum)"
+                ),
+            ));
+        }
+        Ok(StanzaLimits {
+            max_size: size as usize,
+            max_depth: depth,
         })
     }
 

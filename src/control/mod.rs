@@ -10,12 +10,15 @@
 
 pub mod acl;
 pub mod backoff;
+mod bounded_stream;
 pub mod component;
 pub mod config;
 mod connector;
+pub mod replay;
 pub mod service;
 #[cfg(test)]
 mod service_tests;
+pub mod stanza_bounds;
 pub mod stream_limit;
 pub mod telemetry;
 

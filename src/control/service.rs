@@ -50,7 +50,9 @@ impl ReplyTo {
 
     fn error(self, condition: DefinedCondition, text: &str) -> Stanza {
         let type_ = match condition {
-            DefinedCondition::BadRequest | DefinedCondition::JidMalformed => ErrorType::Modify,
+            DefinedCondition::BadRequest
+            | DefinedCondition::JidMalformed
+            | DefinedCondition::PolicyViolation => ErrorType::Modify,
             DefinedCondition::Forbidden | DefinedCondition::NotAuthorized => ErrorType::Auth,
             DefinedCondition::ResourceConstraint => ErrorType::Wait,
             _ => ErrorType::Cancel,
@@ -182,12 +184,17 @@ impl Service {
 
     /// A stanza that failed to parse, seen only by its raw attributes: a get/set IQ
     /// gets bad-request, anything else nothing.
-    pub fn handle_invalid_iq(
+    /// Answers an IQ request that could not be handled (malformed, or dropped unparsed
+    /// over a limit) from what its start tag said: an error of `condition` if it was a
+    /// get or set with a sender and an id, nothing otherwise.
+    pub fn reject_iq(
         &self,
         type_: Option<&str>,
         from: Option<&str>,
         to: Option<&str>,
         id: Option<&str>,
+        condition: DefinedCondition,
+        text: &str,
     ) -> Action {
         if !matches!(type_, Some("get" | "set")) {
             return Action::Ignore;
@@ -201,7 +208,7 @@ impl Service {
             peer: from,
             id: id.to_string(),
         };
-        reply(r.error(DefinedCondition::BadRequest, "malformed IQ"))
+        reply(r.error(condition, text))
     }
 
     fn handle_iq(&self, iq: Iq) -> Action {

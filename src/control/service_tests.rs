@@ -7,6 +7,7 @@ use crate::rendezvous::ActivationOutcome;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 
@@ -327,13 +328,25 @@ fn results_errors_messages_and_presence_are_not_answered() {
 #[test]
 fn malformed_iqs_get_bad_request_when_answerable() {
     let s = service();
-    let a = s.handle_invalid_iq(
+    let reject = |t, from, id, c| s.reject_iq(t, from, Some("proxy.example.org"), id, c, "why");
+    let a = reject(
         Some("get"),
         Some("romeo@example.org/orchard"),
-        Some("proxy.example.org"),
         Some("q1"),
+        DefinedCondition::BadRequest,
     );
     assert_eq!(condition(&reply_el(a)).1, "bad-request");
+    // An IQ dropped over the stanza limits.
+    let a = reject(
+        Some("set"),
+        Some("romeo@example.org/orchard"),
+        Some("q2"),
+        DefinedCondition::PolicyViolation,
+    );
+    assert_eq!(
+        condition(&reply_el(a)),
+        ("modify".into(), "policy-violation".into())
+    );
     for (t, from, id) in [
         (Some("result"), Some("a@example.org"), Some("x")),
         (Some("get"), None, Some("x")),
@@ -341,7 +354,7 @@ fn malformed_iqs_get_bad_request_when_answerable() {
         (None, Some("a@example.org"), Some("x")),
     ] {
         assert!(matches!(
-            s.handle_invalid_iq(t, from, Some("proxy.example.org"), id),
+            reject(t, from, id, DefinedCondition::BadRequest),
             Action::Ignore
         ));
     }

@@ -175,6 +175,20 @@ fn control_plane(e: &mut Enc, c: &ControlStatus) -> fmt::Result {
         "Successful component logins (a reconnect adds one).",
         c.logins(),
     )?;
+    counters(
+        e,
+        "streamhost_component_stanzas_dropped",
+        "Stanzas from the server dropped unparsed: over component.max_stanza_depth, \
+         over component.max_stanza_size, or an unknown top-level element.",
+        "reason",
+        c.stanza_drops().iter().map(|&(r, n)| (r.label(), n)),
+    )?;
+    counter(
+        e,
+        "streamhost_component_restarts",
+        "Times the control plane panicked and was restarted (relays keep running).",
+        c.restarts(),
+    )?;
     activations(e, &c.activations())
 }
 

@@ -86,9 +86,11 @@ pub struct Client {
     w: TcpStream,
     r: Reader<BufReader<TcpStream>>,
     buf: Vec<u8>,
-    /// The full JID the server bound.
+    /// The full JID the server bound (a component's own JID).
     pub jid: String,
     next_id: u64,
+    /// A component names itself in `from` (the server requires it).
+    component: bool,
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -109,6 +111,7 @@ impl Client {
             buf: Vec::new(),
             jid: String::new(),
             next_id: 0,
+            component: false,
         };
         c.open(domain)?;
         let f = c.read_element()?;
@@ -138,6 +141,53 @@ impl Client {
             .and_then(|b| b.child("jid"))
             .map(|j| j.text.clone())
             .ok_or_else(|| bad(format!("bind failed: {bound:?}")))?;
+        Ok(c)
+    }
+
+    /// Logs in as the XEP-0114 component `jid` on 127.0.0.1:`port` (another component
+    /// beside the proxy, which can address it like any XMPP sender).
+    pub fn component(port: u16, jid: &str, secret: &str) -> io::Result<Client> {
+        use sha1::{Digest, Sha1};
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_nodelay(true)?;
+        let mut r = Reader::from_reader(BufReader::new(s.try_clone()?));
+        r.config_mut().check_end_names = false;
+        let mut c = Client {
+            w: s,
+            r,
+            buf: Vec::new(),
+            jid: jid.to_string(),
+            next_id: 0,
+            component: true,
+        };
+        c.send(&format!(
+            "<?xml version='1.0'?><stream:stream to='{jid}' \
+             xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>"
+        ))?;
+        let id = loop {
+            c.buf.clear();
+            match c
+                .r
+                .read_event_into(&mut c.buf)
+                .map_err(|e| bad(e.to_string()))?
+            {
+                Event::Start(e) if e.name().as_ref() == b"stream:stream" => {
+                    break El::from_start(&e)
+                        .attr("id")
+                        .map(str::to_string)
+                        .ok_or_else(|| bad("no stream id"))?;
+                }
+                Event::Eof => return Err(bad("connection closed")),
+                _ => {}
+            }
+        };
+        let digest = hex::encode(Sha1::digest(format!("{id}{secret}").as_bytes()));
+        c.send(&format!("<handshake>{digest}</handshake>"))?;
+        let ok = c.read_element()?;
+        if ok.name != "handshake" {
+            return Err(bad(format!("component handshake refused: {ok:?}")));
+        }
         Ok(c)
     }
 
@@ -198,11 +248,18 @@ impl Client {
         let to = to
             .map(|t| format!(" to='{}'", escape(t)))
             .unwrap_or_default();
-        self.send(&format!("<iq type='{type_}' id='{id}'{to}>{payload}</iq>"))?;
+        let from = if self.component {
+            format!(" from='{}'", escape(&self.jid))
+        } else {
+            String::new()
+        };
+        self.send(&format!(
+            "<iq type='{type_}' id='{id}'{from}{to}>{payload}</iq>"
+        ))?;
         self.wait_iq(&id)
     }
 
-    fn wait_iq(&mut self, id: &str) -> io::Result<El> {
+    pub fn wait_iq(&mut self, id: &str) -> io::Result<El> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let el = self.read_element()?;

@@ -48,7 +48,12 @@ impl Prosody {
 
     /// Host `DOMAIN` and one external component per (jid, secret), no users.
     pub fn with_components(components: &[(&str, &str)]) -> Prosody {
-        let mut hosts = format!("VirtualHost \"{DOMAIN}\"\n");
+        Self::with_components_and(components, "")
+    }
+
+    /// Like `with_components`, with `globals` (option lines) added to the global section.
+    pub fn with_components_and(components: &[(&str, &str)], globals: &str) -> Prosody {
+        let mut hosts = format!("{globals}\nVirtualHost \"{DOMAIN}\"\n");
         for (jid, secret) in components {
             hosts.push_str(&format!(
                 "\nComponent \"{jid}\"\n    component_secret = \"{secret}\"\n"
