@@ -504,6 +504,27 @@ fn every_series_equals_the_work_done() {
         );
     }
 
+    // Health and limits: both workers running and ticking, nothing pending, the limits
+    // in force (the config's again after the reloads), the quota store written.
+    assert_eq!(v("streamhost_workers_alive", &[]), 2.0);
+    for w in ["0", "1"] {
+        assert!(v("streamhost_worker_ticks", &[("worker", w)]) > 0.0);
+    }
+    assert_eq!(v("streamhost_connections_pending", &[]), 0.0);
+    assert_eq!(
+        v("streamhost_max_connections", &[]),
+        e.config.max_connections as f64
+    );
+    assert_eq!(
+        v("streamhost_max_pending", &[]),
+        e.config.max_pending as f64
+    );
+    assert_eq!(
+        v("streamhost_quota_store_flushes", &[("outcome", "failed")]),
+        0.0
+    );
+    assert!(m.has("streamhost_quota_store_flushes", &[("outcome", "ok")]));
+
     // Control plane.
     assert_eq!(v("streamhost_component_state", &[]), 2.0);
     assert_eq!(v("streamhost_component_logins", &[]), 1.0);
