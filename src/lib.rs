@@ -22,5 +22,5 @@ pub use config::Config;
 pub use key::StreamKey;
 pub use metrics::MetricsServer;
 pub use rendezvous::ActivationOutcome;
-pub use server::{Handle, Server};
+pub use server::{Handle, Load, Server, WorkerHealth};
 pub use stats::{Refusal, Stats};

@@ -16,6 +16,24 @@ use std::thread::JoinHandle;
 
 pub struct Server;
 
+/// One worker thread's health (`Handle::worker_health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerHealth {
+    /// The thread has not exited (a worker exits only on shutdown or a ring failure).
+    pub alive: bool,
+    /// Its loop's 250 ms timer ticks so far: they stop advancing when the loop is stuck.
+    pub ticks: u64,
+}
+
+/// Connection counts and their live limits (`Handle::load`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    pub open: usize,
+    pub pending: usize,
+    pub max_connections: usize,
+    pub max_pending: usize,
+}
+
 /// A running data plane. Share it behind an `Arc`; dropping it stops the workers and
 /// closes every connection (see `shutdown`).
 pub struct Handle {
@@ -200,6 +218,37 @@ impl Handle {
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.threads.len()
+    }
+
+    /// The health of each worker thread, in worker order.
+    pub fn worker_health(&self) -> Vec<WorkerHealth> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.threads
+            .iter()
+            .zip(self.shared.stats.iter())
+            .map(|(t, s)| WorkerHealth {
+                alive: !t.is_finished(),
+                ticks: s.ticks.load(Relaxed),
+            })
+            .collect()
+    }
+
+    /// Connections open and pending (in handshake or waiting for their peer or
+    /// activation), whole process, with the live limits on them.
+    pub fn load(&self) -> Load {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sh = &self.shared;
+        Load {
+            open: sh.open.load(Relaxed),
+            pending: sh.pending.load(Relaxed),
+            max_connections: sh.max_connections.load(Relaxed),
+            max_pending: sh.max_pending.load(Relaxed),
+        }
+    }
+
+    /// Quota store flushes so far, (succeeded, failed); `None` without `quota.store`.
+    pub fn quota_flushes(&self) -> Option<(u64, u64)> {
+        self.shared.shaping.flushes()
     }
 
     /// Graceful stop: every worker stops accepting and closes what is not relaying, then

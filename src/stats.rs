@@ -117,6 +117,8 @@ pub struct WorkerStats {
     /// times a relay direction waited for shaping tokens
     pub shaping_waits: AtomicU64,
     pub refusals: [AtomicU64; REFUSALS],
+    /// the worker loop's 250 ms timer ticks: a heartbeat (stops when the loop is stuck)
+    pub ticks: AtomicU64,
 }
 
 impl WorkerStats {

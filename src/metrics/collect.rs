@@ -4,7 +4,6 @@
 use crate::control::telemetry::ActivationSnapshot;
 use crate::control::ControlStatus;
 use crate::server::Handle;
-use crate::stats::Stats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -75,13 +74,60 @@ fn counters<'v>(
     Ok(())
 }
 
-fn data_plane(e: &mut Enc, s: &Stats, workers: usize) -> fmt::Result {
+fn data_plane(e: &mut Enc, h: &Handle) -> fmt::Result {
+    let s = &h.stats();
+    let health = h.worker_health();
     gauge(
         e,
         "streamhost_workers",
         "Worker threads (one io_uring ring each).",
-        workers as u64,
+        health.len() as u64,
     )?;
+    gauge(
+        e,
+        "streamhost_workers_alive",
+        "Worker threads still running (one that exited lost its connections).",
+        health.iter().filter(|w| w.alive).count() as u64,
+    )?;
+    let names: Vec<String> = (0..health.len()).map(|i| i.to_string()).collect();
+    counters(
+        e,
+        "streamhost_worker_ticks",
+        "Each worker loop's 250 ms timer ticks (4 a second when it runs; flat when stuck).",
+        "worker",
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(health.iter().map(|w| w.ticks)),
+    )?;
+    let load = h.load();
+    gauge(
+        e,
+        "streamhost_connections_pending",
+        "Connections in their handshake or waiting for their peer or activation.",
+        load.pending as u64,
+    )?;
+    gauge(
+        e,
+        "streamhost_max_connections",
+        "The max_connections limit in force.",
+        load.max_connections as u64,
+    )?;
+    gauge(
+        e,
+        "streamhost_max_pending",
+        "The max_pending limit in force.",
+        load.max_pending as u64,
+    )?;
+    if let Some((ok, failed)) = h.quota_flushes() {
+        counters(
+            e,
+            "streamhost_quota_store_flushes",
+            "Writes of the quota counts to quota.store (every 5 s), by outcome.",
+            "outcome",
+            [("ok", ok), ("failed", failed)],
+        )?;
+    }
     counter(
         e,
         "streamhost_connections_accepted",
@@ -206,15 +252,83 @@ fn activations(e: &mut Enc, a: &ActivationSnapshot) -> fmt::Result {
         None,
         MetricType::Histogram,
     )?;
-    m.encode_histogram::<NoLabelSet>(a.sum_seconds, a.count, &a.buckets, None)
+    // The encoder adds the buckets up itself: give it each bucket's own count, not the
+    // snapshot's running totals (which it would cumulate a second time).
+    m.encode_histogram::<NoLabelSet>(a.sum_seconds, a.count, &per_bucket(&a.buckets), None)
+}
+
+/// Cumulative `(bound, count)` pairs to the count of each bucket alone.
+fn per_bucket(cumulative: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    let mut below = 0;
+    cumulative
+        .iter()
+        .map(|&(bound, n)| {
+            let own = n.saturating_sub(below);
+            below = n;
+            (bound, own)
+        })
+        .collect()
 }
 
 impl Collector for Sources {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
-        data_plane(&mut e, &self.data.stats(), self.data.workers())?;
+        data_plane(&mut e, &self.data)?;
         match &self.control {
             Some(c) => control_plane(&mut e, c),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::telemetry::{ActivationReply, ActivationStats};
+    use std::time::Duration;
+
+    struct Only(ActivationSnapshot);
+
+    impl fmt::Debug for Only {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("Only")
+        }
+    }
+
+    impl Collector for Only {
+        fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+            activations(&mut e, &self.0)
+        }
+    }
+
+    #[test]
+    fn per_bucket_undoes_the_running_totals() {
+        let cum = [(0.1, 0), (0.5, 3), (1.0, 3), (f64::INFINITY, 5)];
+        assert_eq!(
+            per_bucket(&cum),
+            [(0.1, 0), (0.5, 3), (1.0, 0), (f64::INFINITY, 2)]
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulated_once() {
+        let s = ActivationStats::default();
+        for ms in [3, 3, 3, 20, 7000] {
+            s.record(Duration::from_millis(ms), ActivationReply::Activated);
+        }
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Only(s.snapshot())));
+        let text = encode(&r);
+        let bucket = |le: &str| {
+            let series =
+                format!("streamhost_component_activation_duration_seconds_bucket{{le=\"{le}\"}} ");
+            let line = text.lines().find(|l| l.starts_with(&series));
+            line.unwrap_or_else(|| panic!("{series}: {text}"))[series.len()..].to_string()
+        };
+        assert_eq!(bucket("0.0025"), "0");
+        assert_eq!(bucket("0.005"), "3");
+        assert_eq!(bucket("0.025"), "4");
+        assert_eq!(bucket("5.0"), "4");
+        assert_eq!(bucket("+Inf"), "5");
+        assert!(text.contains("streamhost_component_activation_duration_seconds_count 5\n"));
     }
 }

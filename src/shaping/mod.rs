@@ -66,6 +66,9 @@ struct Quotas {
     /// "jid:<bare jid>" / "domain:<domain>" -> today's count; the same with "month-" in
     /// front -> this month's.
     accounts: Mutex<HashMap<Box<str>, Arc<QuotaAccount>>>,
+    /// Flushes that succeeded (or had nothing to write) and that failed, for the metrics.
+    flushes_ok: AtomicU64,
+    flushes_failed: AtomicU64,
 }
 
 impl Shaping {
@@ -86,6 +89,8 @@ impl Shaping {
                 Some(Quotas {
                     store,
                     accounts: Mutex::new(accounts),
+                    flushes_ok: AtomicU64::new(0),
+                    flushes_failed: AtomicU64::new(0),
                 })
             }
             None => None,
@@ -237,11 +242,26 @@ impl Shaping {
             .unwrap_or(0)
     }
 
+    /// Flushes of the quota store so far: (succeeded, failed); `None` without a store.
+    pub fn flushes(&self) -> Option<(u64, u64)> {
+        let q = self.quotas.as_ref()?;
+        Some((q.flushes_ok.load(Relaxed), q.flushes_failed.load(Relaxed)))
+    }
+
     /// Writes the bytes counted since the last flush to the store.
     pub fn flush(&self) -> io::Result<()> {
         let Some(q) = &self.quotas else {
             return Ok(());
         };
+        let r = self.flush_to(q);
+        match r {
+            Ok(()) => q.flushes_ok.fetch_add(1, Relaxed),
+            Err(_) => q.flushes_failed.fetch_add(1, Relaxed),
+        };
+        r
+    }
+
+    fn flush_to(&self, q: &Quotas) -> io::Result<()> {
         let now = Periods::now();
         let accounts: Vec<_> = lock(&q.accounts)
             .iter()

@@ -293,6 +293,7 @@ impl Worker {
 
     fn on_tick(&mut self) {
         self.ticks = self.ticks.wrapping_add(1);
+        self.stats().ticks.fetch_add(1, Relaxed);
         for l in std::mem::take(&mut self.accept_rearm) {
             if !self.draining {
                 self.arm_accept(l);

@@ -2,6 +2,7 @@
 //! half, and a cheap deterministic byte pattern to check every byte relayed.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod exposition;
 pub mod scrape;
 
 use std::io::{self, Read, Write};
