@@ -374,6 +374,87 @@ fn component_reconnects_after_prosody_restart_and_relays_keep_going() {
     exchange(&r, &t, 64 << 10, 5);
 }
 
+/// Stands for a bug in the control plane: the data plane, except that its `nth` activation
+/// panics on the control thread.
+struct PanicsOnce {
+    data: Arc<Handle>,
+    calls: std::sync::atomic::AtomicU32,
+    nth: u32,
+}
+
+impl control::Activator for PanicsOnce {
+    fn activate_then(
+        &self,
+        key: &streamhost::StreamKey,
+        done: Box<dyn FnOnce(streamhost::ActivationOutcome) + Send>,
+    ) {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        assert_ne!(n, self.nth, "a bug in the control plane");
+        self.data.activate_then(key, done)
+    }
+}
+
+#[test]
+fn a_panic_in_the_control_plane_restarts_it_and_relays_keep_going() {
+    let prosody = Prosody::start(&[
+        ("romeo", DOMAIN, "pw-romeo"),
+        ("juliet", DOMAIN, "pw-juliet"),
+    ]);
+    let data = Arc::new(
+        Server::start(Config {
+            workers: 2,
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Config::default()
+        })
+        .unwrap(),
+    );
+    let proxy = data.local_addrs()[0];
+    let settings = ControlConfig {
+        server: prosody.component_addr(),
+        jid: PROXY_JID.into(),
+        secret: Some(Secret::new(SECRET)),
+        ..ControlConfig::default()
+    }
+    .resolve(data.local_addrs())
+    .unwrap();
+    let activator = Arc::new(PanicsOnce {
+        data: data.clone(),
+        calls: Default::default(),
+        nth: 2,
+    });
+    let control = control::spawn(settings, activator).unwrap();
+    assert!(control.wait_connected(Duration::from_secs(15)));
+    let login = |u: &str| Client::login(prosody.c2s_port, u, DOMAIN, &format!("pw-{u}")).unwrap();
+    let (mut romeo, juliet) = (login("romeo"), login("juliet"));
+    let (r, t) = pair(proxy, "before", &romeo, &juliet);
+    assert_result(&activate(&mut romeo, "before", &juliet.jid));
+    exchange(&r, &t, 256 << 10, 1);
+
+    // The second activation panics on the control thread; nobody answers it.
+    let (_r2, _t2) = pair(proxy, "boom", &romeo, &juliet);
+    romeo
+        .send(&format!(
+            "<iq type='set' id='boom' to='{PROXY_JID}'><query xmlns='{BS}' sid='boom'>\
+             <activate>{}</activate></query></iq>",
+            escape(&juliet.jid)
+        ))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while control.logins() < 2 || control.state() != control::ConnState::Connected {
+        assert!(Instant::now() < deadline, "no restart: {}", prosody.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(control.status().restarts(), 1);
+    // The relay never noticed; activation works through the new login.
+    exchange(&r, &t, 256 << 10, 2);
+    let (mut romeo, juliet) = (login("romeo"), login("juliet"));
+    let (r3, t3) = pair(proxy, "after", &romeo, &juliet);
+    assert_result(&activate(&mut romeo, "after", &juliet.jid));
+    exchange(&r3, &t3, 64 << 10, 3);
+    exchange(&r, &t, 64 << 10, 4);
+    control.stop();
+}
+
 #[test]
 fn wrong_secret_is_refused_and_retried_without_connecting() {
     let prosody = Prosody::start(&[]);
