@@ -283,3 +283,204 @@ fn deep_and_huge_stanzas_are_dropped_and_the_proxy_keeps_relaying() {
     );
     assert_eq!(sample(metrics, "streamhost_component_logins_total"), 1.0);
 }
+
+/// A TCP forwarder between the proxy's component link and Prosody that the test can make
+/// misbehave: inject bytes towards the proxy, reset the link, or close it cleanly.
+struct Forwarder {
+    addr: SocketAddr,
+    cmd: std::sync::mpsc::Sender<Cmd>,
+}
+
+enum Cmd {
+    Inject(Vec<u8>),
+    Reset,
+    Close,
+}
+
+impl Forwarder {
+    fn start(upstream: SocketAddr) -> Forwarder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cmd, rx) = std::sync::mpsc::channel::<Cmd>();
+        thread::spawn(move || {
+            let mut link: Option<(TcpStream, TcpStream)> = None;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if let Ok((down, _)) = listener.accept() {
+                    let up = TcpStream::connect(upstream).unwrap();
+                    for s in [&down, &up] {
+                        s.set_nonblocking(true).unwrap();
+                    }
+                    link = Some((down, up));
+                }
+                match rx.try_recv() {
+                    Ok(Cmd::Inject(bytes)) => {
+                        if let Some((down, _)) = &mut link {
+                            down.set_nonblocking(false).unwrap();
+                            let _ = down.write_all(&bytes);
+                            down.set_nonblocking(true).unwrap();
+                        }
+                    }
+                    Ok(Cmd::Reset) => {
+                        if let Some((down, _)) = link.take() {
+                            // Linger 0: close sends RST.
+                            socket2::SockRef::from(&down)
+                                .set_linger(Some(Duration::ZERO))
+                                .unwrap();
+                        }
+                    }
+                    Ok(Cmd::Close) => link = None,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                }
+                let mut broken = false;
+                if let Some((down, up)) = &mut link {
+                    for (from, to) in [(&*down, &*up), (&*up, &*down)] {
+                        match (&*from).read(&mut buf) {
+                            Ok(0) => broken = true,
+                            Ok(n) => {
+                                to.set_nonblocking(false).unwrap();
+                                broken |= (&*to).write_all(&buf[..n]).is_err();
+                                to.set_nonblocking(true).unwrap();
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => broken = true,
+                        }
+                    }
+                }
+                if broken {
+                    link = None;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Forwarder { addr, cmd }
+    }
+}
+
+fn spawn_proxy_at(dir: &std::path::Path, server: &str, socks: u16, metrics: u16) -> Proxy {
+    let config = dir.join("streamhost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+workers = 2
+listen = ["127.0.0.1:{socks}"]
+max_connections_per_ip = 0
+
+[metrics]
+listen = "127.0.0.1:{metrics}"
+
+[component]
+server = "{server}"
+jid = "{PROXY_JID}"
+secret = "{SECRET}"
+
+[component.access]
+allow = ["localhost", "{ATTACKER}"]
+"#
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("streamhost starts");
+    Proxy(child)
+}
+
+/// Waits for the proxy's `n`th login; how long it took.
+fn wait_logins(metrics: SocketAddr, n: f64) -> Duration {
+    let start = Instant::now();
+    while sample(metrics, "streamhost_component_logins_total") < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no login number {n}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn garbage_reset_and_close_of_the_component_link_cost_a_reconnect_not_a_relay() {
+    let prosody = Prosody::with_components(&[(PROXY_JID, SECRET), (ATTACKER, ATTACKER_SECRET)]);
+    let fwd = Forwarder::start(prosody.component());
+    let dir = tempfile::tempdir().unwrap();
+    let (socks, metrics_port) = (free_port(), free_port());
+    let mut proxy = spawn_proxy_at(dir.path(), &fwd.addr.to_string(), socks, metrics_port);
+    let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+    let mut attacker =
+        Client::component(prosody.component_port, ATTACKER, ATTACKER_SECRET).expect("login");
+    let el = wait_answering(&mut attacker);
+    assert_eq!(el.attr("type"), Some("result"), "{el:?}");
+    let relay = activated_relay(([127, 0, 0, 1], socks).into(), &mut attacker);
+
+    let mut took = Vec::new();
+    for (n, cmd) in [
+        Cmd::Inject(b"<<not xml at all>>&&&".to_vec()),
+        Cmd::Reset,
+        Cmd::Close,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        fwd.cmd.send(cmd).unwrap();
+        took.push(wait_logins(metrics, n as f64 + 2.0));
+        // The new link answers.
+        let el = wait_answering(&mut attacker);
+        assert_eq!(el.attr("type"), Some("result"), "{el:?}");
+    }
+    eprintln!("reconnected after garbage, RST, FIN in {took:?}");
+    for t in &took {
+        assert!(*t < Duration::from_secs(10), "{took:?}");
+    }
+    assert!(proxy.alive());
+    let (sent, got) = relay.finish();
+    assert_eq!(sent, got);
+}
+
+#[test]
+fn a_burst_of_activations_for_unknown_keys_is_answered_item_not_found() {
+    let prosody = Prosody::with_components(&[(PROXY_JID, SECRET), (ATTACKER, ATTACKER_SECRET)]);
+    let dir = tempfile::tempdir().unwrap();
+    let (socks, metrics_port) = (free_port(), free_port());
+    let mut proxy = spawn_proxy(dir.path(), &prosody, socks, metrics_port);
+    let mut attacker =
+        Client::component(prosody.component_port, ATTACKER, ATTACKER_SECRET).expect("login");
+    let el = wait_answering(&mut attacker);
+    assert_eq!(el.attr("type"), Some("result"), "{el:?}");
+
+    const N: usize = 10_000;
+    let mut burst = String::new();
+    for i in 0..N {
+        burst.push_str(&format!(
+            "<iq type='set' id='u{i}' from='{ATTACKER}' to='{PROXY_JID}'>\
+             <query xmlns='{BS}' sid='unknown-{i}'><activate>juliet@localhost/t</activate>\
+             </query></iq>"
+        ));
+    }
+    let start = Instant::now();
+    attacker.send(&burst).unwrap();
+    let mut not_found = 0;
+    while not_found < N {
+        let el = attacker.read_element().expect("every activation answered");
+        if el.name == "iq" && el.attr("id").is_some_and(|id| id.starts_with('u')) {
+            assert_eq!(
+                el.error_condition().as_deref(),
+                Some("item-not-found"),
+                "{el:?}"
+            );
+            not_found += 1;
+        }
+    }
+    let took = start.elapsed();
+    eprintln!("{N} unknown-key activations answered in {took:?}");
+    // 0.3 s on an idle machine; generous here for busy CI cores.
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(proxy.alive());
+}

@@ -77,6 +77,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for BoundedStream<S> {
         // Read until something passes the filter: a dropped stanza yields nothing, and
         // returning zero bytes would read as end of stream.
         while this.pos == this.ready.len() {
+            if this.filter.poisoned() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "malformed XML from the server",
+                )));
+            }
             this.ready.clear();
             this.pos = 0;
             let mut rb = ReadBuf::new(&mut this.scratch);

@@ -11,8 +11,11 @@
 //! reported, so the parser never sees it. Elements the component protocol has no use for
 //! at the top level are dropped the same way instead of ending the stream.
 //!
-//! Malformed XML is passed through as far as it is lexed and left to the parser to
-//! reject; whatever the bytes, the filter holds at most `max_size` of them.
+//! XML the lexer can tell is malformed (`<` inside a tag, a tag name that cannot start a
+//! name, a DTD, anything after the stream's end) poisons the filter: nothing more is
+//! passed on and the reader ends the link, so that no malformed construct can turn into a
+//! stanza swallowed forever, and no byte goes to the parser unchecked. Whatever the
+//! bytes, the filter holds at most `max_size` of them.
 
 /// Why a stanza was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,8 +97,6 @@ enum Lex {
     CData {
         brackets: u8,
     },
-    /// `<!DOCTYPE ...>` and friends (not allowed in XMPP; the parser rejects them).
-    Decl,
     /// `<?...?>`
     Pi {
         question: bool,
@@ -120,6 +121,10 @@ pub struct StanzaFilter {
     head_len: usize,
     /// Bytes of the current top-level construct seen so far (held or not).
     size: usize,
+    /// The stream's root element has ended: any further byte poisons the filter.
+    ended: bool,
+    /// Malformed input was seen; nothing more is passed on.
+    poisoned: bool,
 }
 
 impl StanzaFilter {
@@ -133,7 +138,14 @@ impl StanzaFilter {
             dropping: None,
             head_len: 0,
             size: 0,
+            ended: false,
+            poisoned: false,
         }
+    }
+
+    /// True once the input was malformed: the link must end (nothing more will pass).
+    pub fn poisoned(&self) -> bool {
+        self.poisoned
     }
 
     /// Bytes held for a stanza not yet complete (never more than `max_size`).
@@ -150,6 +162,12 @@ impl StanzaFilter {
     }
 
     fn byte(&mut self, b: u8, out: &mut Vec<u8>, dropped: &mut Vec<Dropped>) {
+        if self.ended && !self.poisoned {
+            self.poison();
+        }
+        if self.poisoned {
+            return;
+        }
         // A top-level construct starts at a `<` directly inside the stream root.
         if self.lex == Lex::Text && b == b'<' && self.depth == 1 {
             self.holding = true;
@@ -169,6 +187,16 @@ impl StanzaFilter {
             out.push(b);
         }
         self.lex_byte(b, out, dropped);
+        if self.poisoned {
+            // What was held of the malformed construct never reaches the parser.
+            self.held = Vec::new();
+        }
+    }
+
+    fn poison(&mut self) {
+        self.poisoned = true;
+        self.held = Vec::new();
+        self.holding = false;
     }
 
     fn lex_byte(&mut self, b: u8, out: &mut Vec<u8>, dropped: &mut Vec<Dropped>) {
@@ -187,12 +215,21 @@ impl StanzaFilter {
                     len: 0,
                 },
                 b'?' => Lex::Pi { question: false },
-                b'>' => Lex::Text, // `<>`: malformed, the parser's to reject
-                _ => Lex::Start {
+                // A name starts with a letter, `_`, `:` or a non-ASCII character.
+                c if c.is_ascii_alphabetic() || c == b'_' || c == b':' || c >= 0x80 => Lex::Start {
                     quote: 0,
                     slash: false,
                 },
+                _ => {
+                    self.poison();
+                    Lex::Text
+                }
             },
+            // `<` is allowed nowhere inside a tag, attribute values included.
+            Lex::Start { .. } | Lex::End if b == b'<' => {
+                self.poison();
+                Lex::Text
+            }
             Lex::Start { quote, slash } => match (quote, b) {
                 (0, b'"' | b'\'') => Lex::Start {
                     quote: b,
@@ -218,6 +255,10 @@ impl StanzaFilter {
             },
             Lex::End => {
                 if b == b'>' {
+                    if self.depth <= 1 {
+                        // The stream's root has ended (or an end tag with nothing open).
+                        self.ended = true;
+                    }
                     self.depth = self.depth.saturating_sub(1);
                     self.maybe_complete(out, dropped);
                     Lex::Text
@@ -235,11 +276,10 @@ impl StanzaFilter {
                     Lex::CData { brackets: 0 }
                 } else if b"--".starts_with(so_far) || CDATA_OPEN.starts_with(so_far) {
                     Lex::Bang { seen, len: len + 1 }
-                } else if b == b'>' {
-                    self.maybe_complete(out, dropped);
-                    Lex::Text
                 } else {
-                    Lex::Decl
+                    // `<!DOCTYPE` and other declarations: XMPP forbids them.
+                    self.poison();
+                    Lex::Text
                 }
             }
             Lex::Comment { dashes } => match b {
@@ -262,14 +302,6 @@ impl StanzaFilter {
                 }
                 _ => Lex::CData { brackets: 0 },
             },
-            Lex::Decl => {
-                if b == b'>' {
-                    self.maybe_complete(out, dropped);
-                    Lex::Text
-                } else {
-                    Lex::Decl
-                }
-            }
             Lex::Pi { question } => {
                 if b == b'>' && question {
                     self.maybe_complete(out, dropped);
@@ -571,6 +603,35 @@ mod tests {
         }
         assert_eq!(dropped.len(), 1);
         assert_eq!(out, HEAD.as_bytes());
+    }
+
+    #[test]
+    fn malformed_input_poisons_the_filter_and_nothing_more_passes() {
+        let ok = "<presence/>";
+        for bad in [
+            "<<not xml>>",
+            "<a b='<'>",
+            "<1a>",
+            "< a>",
+            "<!DOCTYPE x>",
+            "<message></a<b>",
+            "</stream:stream> ",
+            "</x>",
+        ] {
+            for chunk in [1, 3, 1 << 20] {
+                let input = format!("{HEAD}{ok}{bad}{ok}{}", nested(100));
+                let mut f = StanzaFilter::new(StanzaLimits::DEFAULT);
+                let (mut out, mut dropped) = (Vec::new(), Vec::new());
+                for c in input.as_bytes().chunks(chunk) {
+                    f.feed(c, &mut out, &mut dropped);
+                }
+                assert!(f.poisoned(), "{bad}");
+                let out = String::from_utf8(out).unwrap();
+                assert!(out.starts_with(&format!("{HEAD}{ok}")), "{bad}: {out}");
+                assert!(!out.contains("<message from"), "{bad}: {out}");
+                assert_eq!(f.held(), 0);
+            }
+        }
     }
 
     #[test]

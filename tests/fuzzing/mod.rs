@@ -18,6 +18,8 @@ const MAX_LEN: usize = 64 * 1024;
 
 pub struct Target<'a> {
     pub name: &'a str,
+    /// The folder of `fuzz/corpus/` its inputs start from.
+    pub corpus: &'a str,
     /// Byte strings worth inserting (keywords, tags, numbers).
     pub dictionary: &'a [&'a [u8]],
     /// A default per-target time budget, when `FUZZ_SECONDS` is not set.
@@ -68,7 +70,7 @@ pub fn run(target: &Target, check: impl Fn(&[u8])) -> Report {
             elapsed: Duration::ZERO,
         };
     }
-    let corpus = load_corpus(target.name);
+    let corpus = load_corpus(target.corpus);
     let seconds = env_u64("FUZZ_SECONDS").unwrap_or(target.seconds);
     let max_cases = env_u64("FUZZ_CASES").unwrap_or(u64::MAX);
     let seed = env_u64("FUZZ_SEED").unwrap_or_else(|| fastrand::u64(..));
