@@ -5,7 +5,10 @@
 -- disco#items) and a long random secret that equals streamhost's `component.secret`.
 -- Prosody accepts components on port 5347 (`component_ports`), on loopback by default
 -- (`component_interfaces`); XEP-0114 is not encrypted, so keep it on loopback or a
--- private link.
+-- private link. Across hosts, use TLS: load mod_net_multiplex, open a direct-TLS port
+-- (`ssl_ports = { 5223 }` with `ssl = { certificate = ...; key = ... }`), which routes
+-- component streams to this component, and set streamhost's `component.tls = true`
+-- with `server` on that port (tests/component_tls.rs runs exactly this).
 --
 -- Do not also load mod_proxy65 for the same JID.
 

@@ -306,6 +306,7 @@ pub(super) async fn login_at(
         limits: settings.stanza_limits,
         counts: drops.clone(),
         reports,
+        tls: settings.tls.clone(),
     };
     let jid = Jid::from(settings.jid.clone());
     let (mut pending, _) = connector

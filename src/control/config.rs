@@ -3,6 +3,7 @@
 
 use super::acl::{Acl, Entry};
 use super::stanza_bounds::StanzaLimits;
+use super::tls::ComponentTls;
 use crate::config::{invalid, ConfigError};
 use crate::shaping::units::ByteSize;
 use jid::BareJid;
@@ -70,6 +71,12 @@ pub struct ControlConfig {
     pub max_stanza_size: ByteSize,
     /// Deepest element nesting accepted in a stanza (the stanza itself is 1).
     pub max_stanza_depth: u32,
+    /// Connect with TLS from the first byte (the server's component port speaks TLS).
+    pub tls: bool,
+    /// PEM certificates to trust for the server instead of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// The name the server's certificate must match; default: the host of `server`.
+    pub tls_server_name: Option<String>,
     pub access: AccessConfig,
 }
 
@@ -94,6 +101,9 @@ impl Default for ControlConfig {
             max_streams_per_jid: 0,
             max_stanza_size: ByteSize(StanzaLimits::DEFAULT.max_size as u64),
             max_stanza_depth: StanzaLimits::DEFAULT.max_depth,
+            tls: false,
+            tls_ca_file: None,
+            tls_server_name: None,
             access: AccessConfig::default(),
         }
     }
@@ -118,6 +128,8 @@ pub struct ControlSettings {
     pub acl: Acl,
     pub max_streams_per_jid: u32,
     pub stanza_limits: StanzaLimits,
+    /// TLS for the link, when `component.tls` is set.
+    pub tls: Option<ComponentTls>,
 }
 
 /// "host:port" -> (host without IPv6 brackets, port).
@@ -181,7 +193,27 @@ impl ControlConfig {
             acl,
             max_streams_per_jid: self.max_streams_per_jid,
             stanza_limits: self.stanza_limits()?,
+            tls: self.tls()?,
         })
+    }
+
+    fn tls(&self) -> Result<Option<ComponentTls>, ConfigError> {
+        if !self.tls {
+            for (key, set) in [
+                ("component.tls_ca_file", self.tls_ca_file.is_some()),
+                ("component.tls_server_name", self.tls_server_name.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(key, "has no effect without `component.tls = true`"));
+                }
+            }
+            return Ok(None);
+        }
+        let host = split_host_port(&self.server)
+            .map(|(h, _)| h)
+            .unwrap_or_default();
+        let name = self.tls_server_name.as_deref().unwrap_or(&host);
+        ComponentTls::new(self.tls_ca_file.as_deref(), name).map(Some)
     }
 
     fn stanza_limits(&self) -> Result<StanzaLimits, ConfigError> {
@@ -465,5 +497,42 @@ mod tests {
             ..base()
         };
         assert_eq!(key_of(c.resolve(&lo())), "component.domains");
+    }
+
+    #[test]
+    fn stanza_limits_and_tls_keys_are_validated() {
+        let s = base().resolve(&lo()).unwrap();
+        assert_eq!(s.stanza_limits, StanzaLimits::DEFAULT);
+        assert!(s.tls.is_none());
+        let c: ControlConfig = toml::from_str(
+            "jid = \"proxy.example.org\"\nsecret = \"x\"\n\
+             max_stanza_size = \"64 KiB\"\nmax_stanza_depth = 16",
+        )
+        .unwrap();
+        let s = c.resolve(&lo()).unwrap();
+        assert_eq!(
+            (s.stanza_limits.max_size, s.stanza_limits.max_depth),
+            (65536, 16)
+        );
+        for (size, depth) in [(100, 64), (1 << 30, 64), (1 << 20, 4), (1 << 20, 5000)] {
+            let c = ControlConfig {
+                max_stanza_size: ByteSize(size),
+                max_stanza_depth: depth,
+                ..base()
+            };
+            let key = key_of(c.resolve(&lo()));
+            assert!(key.starts_with("component.max_stanza_"), "{key}");
+        }
+        let c = ControlConfig {
+            tls_ca_file: Some("/etc/ca.pem".into()),
+            ..base()
+        };
+        assert_eq!(key_of(c.resolve(&lo())), "component.tls_ca_file");
+        let c = ControlConfig {
+            tls: true,
+            tls_ca_file: Some("/nonexistent/ca.pem".into()),
+            ..base()
+        };
+        assert_eq!(key_of(c.resolve(&lo())), "component.tls_ca_file");
     }
 }

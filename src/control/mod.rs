@@ -21,6 +21,7 @@ mod service_tests;
 pub mod stanza_bounds;
 pub mod stream_limit;
 pub mod telemetry;
+pub mod tls;
 
 use crate::key::StreamKey;
 use crate::rendezvous::ActivationOutcome;
