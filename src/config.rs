@@ -69,6 +69,12 @@ pub struct Config {
     pub connection_rate_per_ip: f64,
     /// Burst allowed above `connection_rate_per_ip`.
     pub connection_burst_per_ip: u32,
+    /// Connections open at once from one IPv4 /24; unset = 4 x `max_connections_per_ip`.
+    pub max_connections_per_v4_24: Option<u32>,
+    /// Connections open at once from one IPv6 /56; unset = 4 x `max_connections_per_ip`.
+    pub max_connections_per_v6_56: Option<u32>,
+    /// Connections open at once from one IPv6 /48; unset = 16 x `max_connections_per_ip`.
+    pub max_connections_per_v6_48: Option<u32>,
     /// Seconds a client has to finish its SOCKS5 handshake.
     pub handshake_timeout: u64,
     /// Seconds a connected half may wait for its peer and for activation (ejabberd: 60).
@@ -129,6 +135,9 @@ impl Default for Config {
             max_connections_per_ip: 256,
             connection_rate_per_ip: 0.0,
             connection_burst_per_ip: 32,
+            max_connections_per_v4_24: None,
+            max_connections_per_v6_56: None,
+            max_connections_per_v6_48: None,
             handshake_timeout: 10,
             activation_timeout: 60,
             idle_timeout: 900,
@@ -185,6 +194,21 @@ pub(crate) fn invalid(
 }
 
 impl Config {
+    /// The per-source limits, prefix limits derived from `max_connections_per_ip` where
+    /// unset (and off with it).
+    pub fn source_limits(&self) -> crate::limits::SourceLimits {
+        let per_ip = self.max_connections_per_ip;
+        let derived = |set: Option<u32>, times: u32| set.unwrap_or(per_ip.saturating_mul(times));
+        crate::limits::SourceLimits {
+            per_ip,
+            rate: self.connection_rate_per_ip,
+            burst: self.connection_burst_per_ip,
+            per_v4_24: derived(self.max_connections_per_v4_24, 4),
+            per_v6_56: derived(self.max_connections_per_v6_56, 4),
+            per_v6_48: derived(self.max_connections_per_v6_48, 16),
+        }
+    }
+
     pub fn from_toml_str(text: &str, path: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_string(),

@@ -69,11 +69,7 @@ impl Server {
             pending: AtomicUsize::new(0),
             max_connections: AtomicUsize::new(config.max_connections),
             max_pending: AtomicUsize::new(config.max_pending),
-            ip_limits: crate::limits::IpLimiter::new(
-                config.max_connections_per_ip,
-                config.connection_rate_per_ip,
-                config.connection_burst_per_ip,
-            ),
+            ip_limits: crate::limits::IpLimiter::new(config.source_limits()),
             shaping: shaping.clone(),
             config,
         });
@@ -174,11 +170,7 @@ impl Handle {
             .max_connections
             .store(new.max_connections, Relaxed);
         self.shared.max_pending.store(new.max_pending, Relaxed);
-        self.shared.ip_limits.set(
-            new.max_connections_per_ip,
-            new.connection_rate_per_ip,
-            new.connection_burst_per_ip,
-        );
+        self.shared.ip_limits.set(new.source_limits());
         let mut restart = self.shared.shaping.set(&new.shaping, &new.quota);
         let old = &self.shared.config;
         if old.listen != new.listen {

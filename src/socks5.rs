@@ -62,6 +62,7 @@ impl Refusal {
             | Refusal::MaxPending
             | Refusal::PerIpConnections
             | Refusal::PerIpRate
+            | Refusal::PerPrefixConnections
             // Refused over XMPP (activation) or by cutting a running stream.
             | Refusal::Quota => Rep::GeneralFailure,
         }

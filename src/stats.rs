@@ -39,13 +39,15 @@ pub enum Refusal {
     PerIpConnections,
     /// Too many new connections per second from one address or /64.
     PerIpRate,
+    /// Too many connections open from one IPv4 /24, IPv6 /56 or IPv6 /48.
+    PerPrefixConnections,
     /// The requester's account or domain used its daily byte quota: activation refused,
     /// or a running stream cut.
     Quota,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 17] = [
+    pub const ALL: [Refusal; 18] = [
         Refusal::BadVersion,
         Refusal::NoAcceptableMethod,
         Refusal::AuthFailed,
@@ -62,6 +64,7 @@ impl Refusal {
         Refusal::MaxPending,
         Refusal::PerIpConnections,
         Refusal::PerIpRate,
+        Refusal::PerPrefixConnections,
         Refusal::Quota,
     ];
 
@@ -84,6 +87,7 @@ impl Refusal {
             Refusal::MaxPending => "max_pending",
             Refusal::PerIpConnections => "per_ip_connections",
             Refusal::PerIpRate => "per_ip_rate",
+            Refusal::PerPrefixConnections => "per_prefix_connections",
             Refusal::Quota => "quota",
         }
     }

@@ -117,3 +117,29 @@ fn process_wide_and_pending_limits() {
     assert_eq!(h.stats().refused(Refusal::MaxConnections), 1);
     drop((a, b));
 }
+
+/// Many addresses of one network count together: a /24 (here 127.0.0.0/24) holds at most
+/// `max_connections_per_v4_24`, whatever the number of its addresses.
+#[test]
+fn per_prefix_limit_sums_the_addresses_of_a_network() {
+    let mut c = config(Engine::Splice);
+    c.max_connections_per_v4_24 = Some(3);
+    let (h, addr) = start(c);
+    let mut held: Vec<TcpStream> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|a| connect_from(a, addr))
+        .collect();
+    for s in &mut held {
+        assert!(admitted(s));
+    }
+    let mut fourth = connect_from("127.0.0.4", addr);
+    assert!(refused_at_accept(&mut fourth));
+    assert_eq!(h.stats().refused(Refusal::PerPrefixConnections), 1);
+    // Another /24 is not affected; closing one frees a place in the first.
+    let mut other = connect_from("127.0.1.1", addr);
+    assert!(admitted(&mut other));
+    drop(held.pop());
+    assert!(eventually(5, || h.stats().open == 3));
+    let mut again = connect_from("127.0.0.9", addr);
+    assert!(admitted(&mut again));
+}
