@@ -5,6 +5,7 @@
 //! (`socks5`, `rendezvous`, `key`) is sans-IO. See ARCHITECTURE.md.
 
 pub mod affinity;
+pub mod allocator;
 mod async_thread;
 pub mod config;
 pub mod control;

@@ -44,6 +44,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    streamhost::allocator::tune();
     let cli = Cli::parse();
     init_logs(&cli.log_format);
     if let Some(Cmd::CheckConfig { file }) = &cli.cmd {

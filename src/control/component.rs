@@ -49,6 +49,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// level (a few hundred bytes each in minidom and xmpp-parsers); 8 MiB covers
 /// `config::MAX_STANZA_DEPTH` many times over (a test parses that depth on this stack).
 pub(crate) const STACK_SIZE: usize = 8 * 1024 * 1024;
+/// Activations waiting for the data plane at once. At the bound the link stops reading
+/// (the server holds the rest) until one is answered: a burst costs the control plane
+/// this many activations' memory, not the burst's.
+pub(crate) const MAX_IN_FLIGHT: usize = 256;
 /// At most one "stanza dropped" log line per this period (the rest are counted).
 const DROP_LOG_PERIOD: Duration = Duration::from_secs(10);
 
@@ -123,6 +127,11 @@ impl ControlStatus {
     /// Stanzas from the server dropped unparsed, by reason.
     pub fn stanza_drops(&self) -> [(super::stanza_bounds::DropReason, u64); 3] {
         self.shared.drops.snapshot()
+    }
+
+    /// Times the link paused reading with `MAX_IN_FLIGHT` activations waiting.
+    pub fn activation_backlog_full(&self) -> u64 {
+        self.shared.activations.backlog_full.load(Ordering::Relaxed)
     }
 
     /// Times the control thread panicked and was started again.
@@ -377,7 +386,12 @@ pub(super) async fn serve(
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     let mut pings = 0u64;
     let mut drop_log = DropLog::default();
+    // Counts each time the bound is reached once, not every turn while it holds.
+    let mut backlogged = false;
     loop {
+        if pending.len() < MAX_IN_FLIGHT {
+            backlogged = false;
+        }
         let out = tokio::select! {
             biased;
             _ = stop.changed() => {
@@ -406,7 +420,13 @@ pub(super) async fn serve(
                     None
                 }
             }
-            item = stream.next() => match item {
+            // The bound is checked before reading; the arm above frees room.
+            _ = std::future::ready(()), if pending.len() >= MAX_IN_FLIGHT && !backlogged => {
+                backlogged = true;
+                stats.backlog_full.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            item = stream.next(), if pending.len() < MAX_IN_FLIGHT => match item {
                 None => return End::Lost("connection closed".into()),
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(st)))) => {
                     let activation = is_activation(&st).then(Instant::now);

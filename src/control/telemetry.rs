@@ -94,6 +94,8 @@ pub struct ActivationStats {
     buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     sum_nanos: AtomicU64,
     replies: [AtomicU64; ActivationReply::ALL.len()],
+    /// Times the link stopped reading because `MAX_IN_FLIGHT` activations were waiting.
+    pub backlog_full: AtomicU64,
 }
 
 /// A point-in-time copy of `ActivationStats`.

@@ -231,6 +231,13 @@ fn control_plane(e: &mut Enc, c: &ControlStatus) -> fmt::Result {
     )?;
     counter(
         e,
+        "streamhost_component_activation_backlog_full",
+        "Times the component paused reading stanzas because 256 activations were \
+         waiting for the data plane (a burst; the server holds the rest).",
+        c.activation_backlog_full(),
+    )?;
+    counter(
+        e,
         "streamhost_component_restarts",
         "Times the control plane panicked and was restarted (relays keep running).",
         c.restarts(),
