@@ -85,6 +85,20 @@ impl Worker {
                 Grant::QuotaUsed => return self.quota_cut(id),
             }
         }
+        // No more than the destination can take now: a stalled destination is waited for
+        // holding no pipe, and what it refuses after a read stays small.
+        let space = super::send_space(peer_fd_of(self, id));
+        if space == 0 {
+            let s = side_of(&mut self.conns, id).expect("checked above");
+            if let Some(p) = s.pipe.take() {
+                self.pipes.give_back(p);
+                self.wake_starving();
+            }
+            self.stats().relay_stalls.fetch_add(1, Relaxed);
+            // `us_on_writable` finds no pipe and comes back here.
+            return self.us_arm_writable(id);
+        }
+        len = len.min(space);
         let Some(pipe) = self.pipe_of(id) else {
             return;
         };
@@ -217,6 +231,11 @@ impl Worker {
             self.fail(id, -res);
             return;
         }
+        if s.pipe.is_none() {
+            // Waited for a full destination before reading.
+            self.us_start(id);
+            return;
+        }
         self.us_splice_out(id);
     }
 
@@ -272,4 +291,8 @@ impl Worker {
             self.us_arm_readable(id);
         }
     }
+}
+
+fn peer_fd_of(w: &mut Worker, id: ConnId) -> i32 {
+    side_of(&mut w.conns, id).map_or(-1, |s| s.peer_fd)
 }
