@@ -105,6 +105,13 @@ impl Worker {
                 s.last_active = now;
                 s.queue[s.queued as usize] = (bid, n as u32, 0);
                 s.queued += 1;
+                if s.out_wait || s.spill_sent < s.spill.len() {
+                    // The destination is stalled: these bytes wait behind the spill, in the
+                    // direction's own buffer too (unless that budget is used up), and
+                    // `copy_on_writable` goes on.
+                    self.copy_spill(id);
+                    return;
+                }
                 let start_send = !s.writing;
                 if start_send {
                     self.copy_arm_send(id);
@@ -232,8 +239,9 @@ impl Worker {
         self.copy_send_next(id);
     }
 
-    /// Copies what direction `id`'s buffers still hold into its own buffer and gives
-    /// them back. False when `relay.stall_bytes_per_worker` is used up.
+    /// Copies what direction `id`'s buffers still hold into its own buffer (behind what
+    /// it holds already) and gives them back. False when `relay.stall_bytes_per_worker`
+    /// is used up.
     fn copy_spill(&mut self, id: ConnId) -> bool {
         let limit = self.shared.config.relay.stall_bytes_per_worker;
         let spill_bytes = self.spill_bytes;
@@ -249,8 +257,8 @@ impl Worker {
         let Some(bufs) = self.bufs.as_mut() else {
             return false;
         };
-        debug_assert!(s.spill_sent == s.spill.len());
-        s.spill.clear();
+        // Appended behind what is still to send of an earlier spill.
+        s.spill.drain(..s.spill_sent);
         s.spill_sent = 0;
         s.spill.reserve_exact(total);
         let mut delivered = 0u64;

@@ -206,7 +206,10 @@ impl Worker {
             return;
         }
         if s.in_pipe > 0 {
-            // The peer took only part (its send buffer is full): wait until it takes more.
+            // The peer took only part (its send buffer is full): wait until it takes more,
+            // holding the rest in the direction's own buffer (nothing is in flight on the
+            // pipe now), or, that budget used up, in the pipe.
+            self.spill_pipe(id);
             self.us_arm_writable(id);
             return;
         }
@@ -231,9 +234,19 @@ impl Worker {
             self.fail(id, -res);
             return;
         }
-        if s.pipe.is_none() {
-            // Waited for a full destination before reading.
-            self.us_start(id);
+        if s.spill_sent < s.spill.len() {
+            match self.flush_spill(id) {
+                Ok(true) => {}
+                Ok(false) => return self.us_arm_writable(id),
+                Err(e) => return self.fail(id, e),
+            }
+        }
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        if s.pipe.is_none() || s.in_pipe == 0 {
+            // Waited for a full destination before reading, or its spill is out.
+            self.us_next(id);
             return;
         }
         self.us_splice_out(id);
