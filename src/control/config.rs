@@ -52,10 +52,15 @@ pub struct ControlConfig {
     /// component JID's parent domain.
     pub domains: Vec<String>,
     /// Relays one requester (bare JID) may have running at once; 0 = no limit. Over it,
-    /// activation answers resource-constraint (ejabberd's max_connections).
+    /// activation answers resource-constraint (ejabberd's max_connections). Default 16:
+    /// far above what one person's clients run at once, and it caps what one account can
+    /// park in the relay (stalled streams hold kernel socket buffers).
     pub max_streams_per_jid: u32,
     pub access: AccessConfig,
 }
+
+/// `component.max_streams_per_jid` when not set.
+pub const DEFAULT_MAX_STREAMS_PER_JID: u32 = 16;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,7 +80,7 @@ impl Default for ControlConfig {
             name: "SOCKS5 Bytestreams Service".into(),
             advertise: Vec::new(),
             domains: Vec::new(),
-            max_streams_per_jid: 0,
+            max_streams_per_jid: DEFAULT_MAX_STREAMS_PER_JID,
             access: AccessConfig::default(),
         }
     }
@@ -299,6 +304,8 @@ mod tests {
         );
         assert_eq!(s.server, "127.0.0.1:5347");
         assert_eq!(s.jid.to_string(), "proxy.example.org");
+        // One account cannot park more than 16 relays unless the operator says so.
+        assert_eq!(s.max_streams_per_jid, 16);
     }
 
     #[test]

@@ -175,7 +175,7 @@ pub fn raise_nofile() -> u64 {
         l.rlim_cur = l.rlim_max;
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
     }
-    l.rlim_cur as u64
+    l.rlim_cur
 }
 
 /// Stalls a relay direction: writes from `sender` (made non-blocking) until nothing more
