@@ -24,3 +24,4 @@ pub use metrics::MetricsServer;
 pub use rendezvous::ActivationOutcome;
 pub use server::{Handle, Server};
 pub use stats::{Refusal, Stats};
+pub use worker::WORKER_FAILED_EXIT;
