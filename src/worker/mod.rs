@@ -217,14 +217,16 @@ impl Worker {
                     c.inflight -= 1;
                 }
                 if c.closing.is_some() {
+                    let done = c.inflight == 0;
                     if let Some(bid) = cqueue::buffer_select(flags) {
                         // A recv that raced the cancel took a buffer: give it back.
                         if let Some(b) = self.bufs.as_mut() {
                             b.taken();
                             b.give_back(bid);
+                            self.wake_starving();
                         }
                     }
-                    if c.inflight == 0 {
+                    if done {
                         self.finalize(id);
                     }
                     return;

@@ -93,6 +93,7 @@ impl Worker {
         let Some(s) = self.side(id) else {
             if let (Some(bid), Some(b)) = (bid, self.bufs.as_mut()) {
                 b.give_back(bid);
+                self.wake_starving();
             }
             return;
         };
@@ -131,6 +132,7 @@ impl Worker {
             (e, bid) => {
                 if let (Some(bid), Some(b)) = (bid, self.bufs.as_mut()) {
                     b.give_back(bid);
+                    self.wake_starving();
                 }
                 self.fail(id, -e);
             }
