@@ -110,3 +110,30 @@ fn close(fd: RawFd) {
     // SAFETY: the pool owns the descriptor and closes it exactly once.
     unsafe { libc::close(fd) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pipe_exists_up_front_and_a_discarded_one_comes_back_empty() {
+        let mut pool = PipePool::new(2, 64 << 10).unwrap();
+        assert_eq!(pool.lent(), 0);
+        let a = pool.borrow().unwrap();
+        let b = pool.borrow().unwrap();
+        assert!(pool.borrow().is_none(), "bounded");
+        assert_eq!(pool.lent(), 2);
+        // SAFETY: a write of a small stack buffer into a pipe the test holds.
+        let n = unsafe { libc::write(a.wr, [7u8; 1000].as_ptr().cast(), 1000) };
+        assert_eq!(n, 1000);
+        pool.discard(a);
+        pool.give_back(b);
+        assert_eq!(pool.lent(), 0);
+        let again = pool.borrow().unwrap();
+        let mut buf = [0u8; 16];
+        // SAFETY: a read into a stack buffer from a non-blocking pipe the test holds.
+        let n = unsafe { libc::read(again.rd, buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(n < 0, "emptied: read {n}");
+        pool.give_back(again);
+    }
+}
