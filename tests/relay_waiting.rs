@@ -122,8 +122,13 @@ fn ten_thousand_directions_waiting_for_one_pipe() {
     recv_exact_pattern(&receiver, 7, stalled).unwrap();
     wait_for(&mut out, "relayed");
     assert!(child.wait().unwrap().success());
+    // The child's exit closes every half: those EOFs wait for the pipe too, briefly.
+    assert!(
+        eventually(60, || h.stats().relay_directions_waiting == 0),
+        "directions waiting: {}",
+        h.stats().relay_directions_waiting
+    );
     let s = h.stats();
-    assert_eq!(s.relay_directions_waiting, 0);
     assert!(s.relay_waits >= want, "waits counted: {}", s.relay_waits);
     // At most 256 are woken per ring-loop round: the budget bit and was counted.
     assert!(s.relay_wakeups_deferred > 0);
