@@ -116,8 +116,14 @@ pub struct RelayConfig {
     pub send_zc: bool,
     /// splice engines: pipe capacity set with F_SETPIPE_SZ.
     pub pipe_size: usize,
-    /// splice engines: pipes per worker (two fds each); a direction waits when all are lent.
+    /// splice engines: pipes per worker (two fds each, all made when the worker starts);
+    /// a direction waits when all are lent.
     pub pipes_per_worker: usize,
+    /// Bytes a worker may keep in stalled directions' own small buffers: what a
+    /// destination could not take is moved out of the pool's pipe or buffer into one, so
+    /// the pipe or buffer goes back at once. Beyond it a stalled direction keeps its pipe
+    /// or buffer (as with 0).
+    pub stall_bytes_per_worker: usize,
 }
 
 impl Default for Config {
@@ -161,6 +167,7 @@ impl Default for RelayConfig {
             send_zc: false,
             pipe_size: 1 << 20,
             pipes_per_worker: 32,
+            stall_bytes_per_worker: 32 << 20,
         }
     }
 }
@@ -376,6 +383,12 @@ impl Config {
         }
         if r.pipes_per_worker == 0 || r.pipes_per_worker > 65536 {
             return Err(invalid("relay.pipes_per_worker", "must be 1 to 65536"));
+        }
+        if r.stall_bytes_per_worker > (1 << 40) {
+            return Err(invalid(
+                "relay.stall_bytes_per_worker",
+                "must be at most 1 TiB",
+            ));
         }
         self.shaping.validate()?;
         self.quota.validate()?;

@@ -25,3 +25,4 @@ pub use metrics::MetricsServer;
 pub use rendezvous::ActivationOutcome;
 pub use server::{Handle, Load, Server, WorkerHealth};
 pub use stats::{Refusal, Stats};
+pub use worker::WORKER_FAILED_EXIT;

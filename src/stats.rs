@@ -120,6 +120,26 @@ pub struct WorkerStats {
     pub relay_errors: AtomicU64,
     /// times a relay direction waited for shaping tokens
     pub shaping_waits: AtomicU64,
+    /// times a relay direction waited for a pipe or buffer to come free
+    pub relay_waits: AtomicU64,
+    /// gauge: relay directions waiting for a pipe or buffer now
+    pub relay_directions_waiting: AtomicU64,
+    /// gauge: pipes lent to relay directions now (splice engines)
+    pub relay_pipes_lent: AtomicU64,
+    /// gauge: provided buffers lent to relay directions now (copy engine)
+    pub relay_buffers_lent: AtomicU64,
+    /// times a relay direction found its destination full and waited for it without holding a pipe or buffer
+    pub relay_stalls: AtomicU64,
+    /// times a stalled direction's leftover bytes were moved out of a pipe or buffer into its own small buffer
+    pub relay_fallbacks: AtomicU64,
+    /// gauge: bytes held in stalled directions' own buffers now
+    pub relay_fallback_bytes: AtomicU64,
+    /// times a stalled direction kept its pipe or buffer because `stall_bytes_per_worker` was used up
+    pub relay_fallback_full: AtomicU64,
+    /// ring-loop rounds that ended with waiting directions still to wake (the per-round budget bit)
+    pub relay_wakeups_deferred: AtomicU64,
+    /// accept failures (EMFILE, ENFILE, ENOBUFS...); the listener is re-armed on the next tick
+    pub accept_errors: AtomicU64,
     pub refusals: [AtomicU64; REFUSALS],
     /// the worker loop's 250 ms timer ticks: a heartbeat (stops when the loop is stuck)
     pub ticks: AtomicU64,
@@ -147,6 +167,16 @@ pub struct Stats {
     pub handoffs: u64,
     pub relay_errors: u64,
     pub shaping_waits: u64,
+    pub relay_waits: u64,
+    pub relay_directions_waiting: u64,
+    pub relay_pipes_lent: u64,
+    pub relay_buffers_lent: u64,
+    pub relay_stalls: u64,
+    pub relay_fallbacks: u64,
+    pub relay_fallback_bytes: u64,
+    pub relay_fallback_full: u64,
+    pub relay_wakeups_deferred: u64,
+    pub accept_errors: u64,
     pub refusals: Vec<(Refusal, u64)>,
 }
 
@@ -178,6 +208,30 @@ impl Stats {
             s.handoffs = s.handoffs.wrapping_add(w.handoffs.load(Relaxed));
             s.relay_errors = s.relay_errors.wrapping_add(w.relay_errors.load(Relaxed));
             s.shaping_waits = s.shaping_waits.wrapping_add(w.shaping_waits.load(Relaxed));
+            s.relay_waits = s.relay_waits.wrapping_add(w.relay_waits.load(Relaxed));
+            s.relay_directions_waiting = s
+                .relay_directions_waiting
+                .wrapping_add(w.relay_directions_waiting.load(Relaxed));
+            s.relay_pipes_lent = s
+                .relay_pipes_lent
+                .wrapping_add(w.relay_pipes_lent.load(Relaxed));
+            s.relay_buffers_lent = s
+                .relay_buffers_lent
+                .wrapping_add(w.relay_buffers_lent.load(Relaxed));
+            s.relay_stalls = s.relay_stalls.wrapping_add(w.relay_stalls.load(Relaxed));
+            s.relay_fallbacks = s
+                .relay_fallbacks
+                .wrapping_add(w.relay_fallbacks.load(Relaxed));
+            s.relay_fallback_bytes = s
+                .relay_fallback_bytes
+                .wrapping_add(w.relay_fallback_bytes.load(Relaxed));
+            s.relay_fallback_full = s
+                .relay_fallback_full
+                .wrapping_add(w.relay_fallback_full.load(Relaxed));
+            s.relay_wakeups_deferred = s
+                .relay_wakeups_deferred
+                .wrapping_add(w.relay_wakeups_deferred.load(Relaxed));
+            s.accept_errors = s.accept_errors.wrapping_add(w.accept_errors.load(Relaxed));
             for (i, r) in s.refusals.iter_mut().enumerate() {
                 r.1 += w.refusals[i].load(Relaxed);
             }

@@ -64,7 +64,9 @@ pub struct ControlConfig {
     /// component JID's parent domain.
     pub domains: Vec<String>,
     /// Relays one requester (bare JID) may have running at once; 0 = no limit. Over it,
-    /// activation answers resource-constraint (ejabberd's max_connections).
+    /// activation answers resource-constraint (ejabberd's max_connections). Default 16:
+    /// far above what one person's clients run at once, and it caps what one account can
+    /// park in the relay (stalled streams hold kernel socket buffers).
     pub max_streams_per_jid: u32,
     /// Largest stanza accepted from the server ("256 KiB" or bytes); larger ones are
     /// dropped unparsed (an IQ request gets policy-violation).
@@ -79,6 +81,9 @@ pub struct ControlConfig {
     pub tls_server_name: Option<String>,
     pub access: AccessConfig,
 }
+
+/// `component.max_streams_per_jid` when not set.
+pub const DEFAULT_MAX_STREAMS_PER_JID: u32 = 16;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -98,7 +103,7 @@ impl Default for ControlConfig {
             name: "SOCKS5 Bytestreams Service".into(),
             advertise: Vec::new(),
             domains: Vec::new(),
-            max_streams_per_jid: 0,
+            max_streams_per_jid: DEFAULT_MAX_STREAMS_PER_JID,
             max_stanza_size: ByteSize(StanzaLimits::DEFAULT.max_size as u64),
             max_stanza_depth: StanzaLimits::DEFAULT.max_depth,
             tls: false,
@@ -379,6 +384,8 @@ mod tests {
         );
         assert_eq!(s.server, "127.0.0.1:5347");
         assert_eq!(s.jid.to_string(), "proxy.example.org");
+        // One account cannot park more than 16 relays unless the operator says so.
+        assert_eq!(s.max_streams_per_jid, 16);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use crate::control::telemetry::ActivationSnapshot;
 use crate::control::ControlStatus;
 use crate::server::Handle;
+use crate::stats::Stats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -199,6 +200,7 @@ fn data_plane(e: &mut Enc, h: &Handle) -> fmt::Result {
         "Times a relay direction waited for bandwidth-shaping tokens.",
         s.shaping_waits,
     )?;
+    relay_pools(e, s)?;
     counters(
         e,
         "streamhost_refusals",
@@ -206,6 +208,71 @@ fn data_plane(e: &mut Enc, h: &Handle) -> fmt::Result {
         "reason",
         s.refusals.iter().map(|&(r, n)| (r.name(), n)),
     )
+}
+
+/// The relay's pools and stalled directions (`src/worker/relay/`), and accept failures.
+fn relay_pools(e: &mut Enc, s: &Stats) -> fmt::Result {
+    let gauges = [
+        (
+            "streamhost_relay_directions_waiting",
+            "Relay directions waiting for a pipe or buffer now.",
+            s.relay_directions_waiting,
+        ),
+        (
+            "streamhost_relay_pipes_lent",
+            "Pipes lent to relay directions now (splice engines).",
+            s.relay_pipes_lent,
+        ),
+        (
+            "streamhost_relay_buffers_lent",
+            "Provided buffers lent to relay directions now (copy engine).",
+            s.relay_buffers_lent,
+        ),
+        (
+            "streamhost_relay_fallback_bytes",
+            "Bytes held in stalled directions' own buffers now.",
+            s.relay_fallback_bytes,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        gauge(e, name, help, v)?;
+    }
+    let counters = [
+        (
+            "streamhost_relay_waits",
+            "Times a relay direction waited for a pipe or buffer.",
+            s.relay_waits,
+        ),
+        (
+            "streamhost_relay_stalls",
+            "Times a relay direction found its destination full and waited holding nothing.",
+            s.relay_stalls,
+        ),
+        (
+            "streamhost_relay_fallbacks",
+            "Times a stalled direction's leftover moved from a pipe or buffer into its own.",
+            s.relay_fallbacks,
+        ),
+        (
+            "streamhost_relay_fallback_full",
+            "Times a stalled direction kept its pipe or buffer (stall_bytes_per_worker used).",
+            s.relay_fallback_full,
+        ),
+        (
+            "streamhost_relay_wakeups_deferred",
+            "Ring-loop rounds that left waiting directions to wake in the next round.",
+            s.relay_wakeups_deferred,
+        ),
+        (
+            "streamhost_accept_errors",
+            "Failed accepts (EMFILE, ENFILE, ...); retried every 250 ms.",
+            s.accept_errors,
+        ),
+    ];
+    for (name, help, v) in counters {
+        counter(e, name, help, v)?;
+    }
+    Ok(())
 }
 
 fn control_plane(e: &mut Enc, c: &ControlStatus) -> fmt::Result {

@@ -92,6 +92,15 @@ impl BufRing {
         unsafe { self.buffers.ptr.add(bid as usize * self.buf_size + off) }
     }
 
+    /// Bytes `off..off + len` of buffer `bid`, which the kernel filled and we hold.
+    pub fn slice(&self, bid: u16, off: usize, len: usize) -> &[u8] {
+        assert!(bid < self.count && off + len <= self.buf_size);
+        // SAFETY: in bounds of the mapping (checked above); the buffer is lent to us (the
+        // kernel wrote it before its recv completed and does not touch it until it is
+        // given back).
+        unsafe { std::slice::from_raw_parts(self.addr(bid, off), len) }
+    }
+
     fn push(&mut self, bid: u16) {
         let mask = self.count - 1;
         let base = self.entries.ptr as *mut BufRingEntry;

@@ -104,6 +104,13 @@ pub(crate) struct Side {
     pub in_pipe: usize,
     /// uring-splice engine: the last splice in filled the pipe, so skip the next poll.
     pub again: bool,
+    /// What the destination could not take when it stalled, moved out of the pool's pipe
+    /// or buffer (`spill[spill_sent..]` is still to send, before anything else).
+    pub spill: Vec<u8>,
+    pub spill_sent: usize,
+    /// A POLLOUT on the peer is armed for this direction (waiting for its destination
+    /// without holding a pipe or buffer).
+    pub out_wait: bool,
     pub bytes: u64,
     pub started: Instant,
     pub last_active: Instant,
@@ -136,6 +143,9 @@ impl Side {
             pipe: None,
             in_pipe: 0,
             again: false,
+            spill: Vec::new(),
+            spill_sent: 0,
+            out_wait: false,
             bytes: 0,
             started: now,
             last_active: now,

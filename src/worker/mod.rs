@@ -55,6 +55,11 @@ pub(crate) struct Shared {
 const TICK: Duration = Duration::from_millis(250);
 /// Idle relays are looked for every this many ticks.
 const IDLE_SWEEP_TICKS: u32 = 8;
+/// Waiting directions woken per ring-loop round at most; the rest wait for the next round
+/// (which then does not block), so no event does work that grows with the queue.
+const WAKE_BUDGET: usize = 256;
+/// At most one `accept failed` log line per listener this often; the rest are counted.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) struct Worker {
     id: usize,
@@ -67,8 +72,21 @@ pub(crate) struct Worker {
     hs_deadlines: VecDeque<(Instant, ConnId)>,
     bufs: Option<BufRing>,
     pipes: PipePool,
-    /// Directions waiting for a buffer or pipe to come free.
+    /// Directions waiting for a buffer or pipe to come free, longest first. Bounded by
+    /// the connections (a direction is in it once while `starving`, plus entries of
+    /// connections closed meanwhile, dropped when reached or compacted).
     starving: VecDeque<ConnId>,
+    /// Directions in `starving` that still wait (`Side::starving` set).
+    waiting: usize,
+    /// Buffers or pipes given back since the waiters were last woken: that many waiters
+    /// are woken by the ring loop (`wake_waiters`), never from inside the hand-back.
+    wakes_owed: usize,
+    /// Bytes held in stalled directions' own buffers (`Side::spill`), bounded by
+    /// `relay.stall_bytes_per_worker`.
+    spill_bytes: usize,
+    /// Last `accept failed` line logged, and failures since then not logged.
+    accept_log: Option<Instant>,
+    accept_unlogged: u64,
     wake_buf: Box<u64>,
     tick_ts: Box<types::Timespec>,
     ticks: u32,
@@ -98,7 +116,12 @@ impl Worker {
             )?),
             Engine::Splice | Engine::UringSplice => None,
         };
-        let pipes = PipePool::new(relay.pipes_per_worker, relay.pipe_size);
+        // Every pipe is made now, so no running relay ever needs a new descriptor.
+        let npipes = match relay.engine {
+            Engine::Copy => 0,
+            Engine::Splice | Engine::UringSplice => relay.pipes_per_worker,
+        };
+        let pipes = PipePool::new(npipes, relay.pipe_size)?;
         let table = Rendezvous::new(shared.config.activation_timeout());
         Ok(Worker {
             id,
@@ -110,6 +133,11 @@ impl Worker {
             bufs,
             pipes,
             starving: VecDeque::new(),
+            waiting: 0,
+            wakes_owed: 0,
+            spill_bytes: 0,
+            accept_log: None,
+            accept_unlogged: 0,
             wake_buf: Box::new(0),
             tick_ts: Box::new(types::Timespec::from(TICK)),
             ticks: 0,
@@ -143,10 +171,14 @@ impl Worker {
         while !self.stopping {
             // Shaped directions wake the ring when their tokens are due; with shaping off
             // the heap is empty and the ring waits for completions only.
-            let wait = self
-                .throttled
-                .peek()
-                .map(|r| r.0 .0.saturating_duration_since(Instant::now()));
+            let wait = if self.wakes_owed > 0 {
+                // Waiters left over from the last round's budget: do not block.
+                Some(Duration::ZERO)
+            } else {
+                self.throttled
+                    .peek()
+                    .map(|r| r.0 .0.saturating_duration_since(Instant::now()))
+            };
             let cqes = self.ring.submit_and_reap(wait)?;
             self.now = Instant::now();
             for cqe in &cqes {
@@ -156,6 +188,8 @@ impl Worker {
             if !self.throttled.is_empty() {
                 self.resume_throttled();
             }
+            self.wake_waiters();
+            self.publish_gauges();
         }
         self.shutdown_now();
         Ok(())
@@ -183,14 +217,16 @@ impl Worker {
                     c.inflight -= 1;
                 }
                 if c.closing.is_some() {
+                    let done = c.inflight == 0;
                     if let Some(bid) = cqueue::buffer_select(flags) {
                         // A recv that raced the cancel took a buffer: give it back.
                         if let Some(b) = self.bufs.as_mut() {
                             b.taken();
                             b.give_back(bid);
+                            self.wake_starving();
                         }
                     }
-                    if c.inflight == 0 {
+                    if done {
                         self.finalize(id);
                     }
                     return;
@@ -208,6 +244,7 @@ impl Worker {
                     Op::UsPollOut => self.us_on_writable(id, res),
                     Op::UsIn => self.us_on_in(id, res),
                     Op::UsOut => self.us_on_out(id, res),
+                    Op::CopyPollOut => self.copy_on_writable(id, res),
                     Op::Accept | Op::Wake | Op::Tick | Op::Cancel => unreachable!(),
                 }
             }
@@ -252,7 +289,7 @@ impl Worker {
         if !cqueue::more(flags) && !self.stopping && !self.draining {
             if res < 0 {
                 // EMFILE and friends end the multishot; retry on the next tick, not in a spin.
-                tracing::warn!(worker = self.id, error = %io::Error::from_raw_os_error(-res), "accept failed");
+                self.accept_failed(-res);
                 self.accept_rearm.push(listener);
             } else {
                 self.arm_accept(listener);
@@ -262,6 +299,76 @@ impl Worker {
             return;
         }
         self.accepted(res);
+    }
+
+    /// Counts an accept failure and logs it at most once per `ACCEPT_LOG_EVERY`, with the
+    /// number of failures since the last line.
+    fn accept_failed(&mut self, errno: i32) {
+        self.stats().accept_errors.fetch_add(1, Relaxed);
+        self.accept_unlogged += 1;
+        if self
+            .accept_log
+            .is_some_and(|t| self.now.duration_since(t) < ACCEPT_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            worker = self.id,
+            error = %io::Error::from_raw_os_error(errno),
+            failures = self.accept_unlogged,
+            "accept failed (at most one line per 10 s; retried every tick)"
+        );
+        self.accept_log = Some(self.now);
+        self.accept_unlogged = 0;
+    }
+
+    /// Wakes up to `WAKE_BUDGET` of the directions owed a wakeup (a pipe or buffer came
+    /// back for each), longest waiting first. Called by the ring loop only, so a wakeup
+    /// that frees a pipe again queues the next one instead of calling into it.
+    fn wake_waiters(&mut self) {
+        let mut budget = WAKE_BUDGET;
+        while self.wakes_owed > 0 && budget > 0 {
+            let Some(id) = self.starving.pop_front() else {
+                self.wakes_owed = 0;
+                break;
+            };
+            let Some(s) = relay::side_of(&mut self.conns, id) else {
+                continue;
+            };
+            if !s.starving {
+                continue;
+            }
+            s.starving = false;
+            self.waiting -= 1;
+            self.wakes_owed -= 1;
+            budget -= 1;
+            self.resume_reading(id);
+        }
+        if self.waiting == 0 {
+            // Nobody waits: stale entries (closed connections) go, owed wakeups lapse.
+            self.starving.clear();
+            self.wakes_owed = 0;
+        } else if self.wakes_owed > 0 {
+            self.stats().relay_wakeups_deferred.fetch_add(1, Relaxed);
+        } else if self.starving.len() > 2 * self.waiting + 1024 {
+            // Entries of connections that closed while waiting: drop them (bounded work,
+            // amortised over the entries that made the queue grow).
+            let conns = &mut self.conns;
+            self.starving
+                .retain(|&id| relay::side_of(conns, id).is_some_and(|s| s.starving));
+        }
+    }
+
+    /// The gauges only the worker knows, published once per ring-loop round.
+    fn publish_gauges(&self) {
+        let st = self.stats();
+        st.relay_directions_waiting
+            .store(self.waiting as u64, Relaxed);
+        st.relay_pipes_lent.store(self.pipes.lent() as u64, Relaxed);
+        let bufs = self.bufs.as_ref().map_or(0, |b| b.lent);
+        st.relay_buffers_lent.store(bufs as u64, Relaxed);
+        st.relay_fallback_bytes
+            .store(self.spill_bytes as u64, Relaxed);
     }
 
     fn on_wake(&mut self) {
@@ -373,18 +480,7 @@ impl Worker {
         };
         debug_assert_eq!(c.inflight, 0);
         if let Phase::Relay(side) = &c.phase {
-            if let Some(b) = self.bufs.as_mut() {
-                for &(bid, _, _) in &side.queue[..side.queued as usize] {
-                    b.give_back(bid);
-                }
-            }
-            if let Some(p) = side.pipe {
-                if side.in_pipe == 0 {
-                    self.pipes.give_back(p);
-                } else {
-                    self.pipes.discard(p);
-                }
-            }
+            self.release_side(side);
         }
         if c.closing == Some(CloseKind::Abort) {
             set_linger_zero(c.fd);
@@ -397,7 +493,31 @@ impl Worker {
         self.shared.ip_limits.release(c.src);
         self.shared.open.fetch_sub(1, Relaxed);
         self.stats().open.fetch_sub(1, Relaxed);
-        self.wake_starving();
+    }
+
+    /// Gives back what a relay direction holds (its connection is going away): buffers,
+    /// pipe, spill bytes, its place among the waiters.
+    fn release_side(&mut self, side: &conn::Side) {
+        if let Some(b) = self.bufs.as_mut() {
+            for &(bid, _, _) in &side.queue[..side.queued as usize] {
+                b.give_back(bid);
+            }
+            if side.queued > 0 {
+                self.wake_starving();
+            }
+        }
+        if let Some(p) = side.pipe {
+            if side.in_pipe == 0 {
+                self.pipes.give_back(p);
+            } else {
+                self.pipes.discard(p);
+            }
+            self.wake_starving();
+        }
+        self.spill_bytes -= side.spill.len() - side.spill_sent;
+        if side.starving {
+            self.waiting -= 1;
+        }
     }
 
     /// Stops at once: cancels every operation, waits (bounded) for the kernel to finish
@@ -430,8 +550,16 @@ impl Worker {
             }
             self.ring.recycle(cqes);
         }
+        let mut leaked = 0;
         for id in self.conns.ids() {
             if let Some(c) = self.conns.remove(id) {
+                if c.inflight > 0 {
+                    // The kernel may still read or write its buffers (a reply, a recv):
+                    // never free them under it. The process is stopping.
+                    leaked += 1;
+                } else if let Phase::Relay(side) = &c.phase {
+                    self.release_side(side);
+                }
                 // SAFETY: each abandoned connection's descriptor is closed once.
                 unsafe { libc::close(c.fd) };
                 if c.pending {
@@ -440,6 +568,20 @@ impl Worker {
                 self.shared.ip_limits.release(c.src);
                 self.shared.open.fetch_sub(1, Relaxed);
                 self.stats().open.fetch_sub(1, Relaxed);
+                if c.inflight > 0 {
+                    std::mem::forget(c);
+                }
+            }
+        }
+        if leaked > 0 {
+            tracing::warn!(
+                worker = self.id,
+                connections = leaked,
+                "operations still in flight at shutdown: their memory is left allocated"
+            );
+            // The buffer ring's memory too may still be written by a recv.
+            if let Some(b) = self.bufs.take() {
+                std::mem::forget(b);
             }
         }
     }
@@ -479,12 +621,36 @@ pub(crate) fn run_worker(
     match Worker::new(id, shared, listeners) {
         Ok(w) => {
             let _ = ready.send(Ok(()));
-            if let Err(e) = w.run() {
-                tracing::error!(worker = id, error = %e, "worker ring failed");
-            }
+            // A worker that stops on its own leaves its connections, keys and activations
+            // unanswered (and `/ready` green): never go on without it. Exit the process
+            // with a clear line so the service manager restarts it.
+            let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())) {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(p) => p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into()),
+            };
+            worker_failed(id, &why);
         }
         Err(e) => {
             let _ = ready.send(Err(e));
         }
     }
+}
+
+/// Exit status of a process whose worker failed (EX_SOFTWARE).
+pub const WORKER_FAILED_EXIT: i32 = 70;
+
+/// A worker's ring failed or it panicked: logs it and exits the whole process.
+fn worker_failed(id: usize, why: &str) -> ! {
+    tracing::error!(
+        worker = id,
+        error = why,
+        "worker failed: exiting the process so that it is restarted"
+    );
+    eprintln!("streamhost: worker {id} failed ({why}); exiting");
+    std::process::exit(WORKER_FAILED_EXIT);
 }

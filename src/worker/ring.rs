@@ -42,14 +42,32 @@ pub(crate) enum Op {
     UsIn,
     /// Relay: IORING_OP_SPLICE from the pipe to this connection's peer (uring-splice).
     UsOut,
+    /// Relay: this connection's peer writable again after a stall (copy engine).
+    CopyPollOut,
 }
 
 impl Op {
     fn from_u8(v: u8) -> Option<Op> {
         use Op::*;
         [
-            Accept, Wake, Tick, HsRecv, HsSend, Reply, WaitPoll, Recv, Send, PollIn, PollOut,
-            Cancel, SendZc, UsPollIn, UsPollOut, UsIn, UsOut,
+            Accept,
+            Wake,
+            Tick,
+            HsRecv,
+            HsSend,
+            Reply,
+            WaitPoll,
+            Recv,
+            Send,
+            PollIn,
+            PollOut,
+            Cancel,
+            SendZc,
+            UsPollIn,
+            UsPollOut,
+            UsIn,
+            UsOut,
+            CopyPollOut,
         ]
         .into_iter()
         .find(|o| *o as u8 == v)
@@ -70,6 +88,9 @@ pub(crate) struct Ring {
     pub ring: IoUring,
     /// Completions copied out so handlers may push new entries while we iterate.
     reaped: Vec<cqueue::Entry>,
+    /// Completions taken off the completion queue by `push` (to let a refused submit go
+    /// through), handed out first by the next reap. Bounded by the operations in flight.
+    backlog: Vec<cqueue::Entry>,
 }
 
 impl Ring {
@@ -82,10 +103,13 @@ impl Ring {
         Ok(Ring {
             ring,
             reaped: Vec::with_capacity(entries as usize * 8),
+            backlog: Vec::new(),
         })
     }
 
-    /// Queues an entry, flushing the submission queue to the kernel when it is full.
+    /// Queues an entry, flushing the submission queue to the kernel when it is full. When
+    /// the kernel refuses the flush (EBUSY: its completions must be reaped first), the
+    /// completions are moved aside for the loop to dispatch, instead of spinning.
     pub fn push(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every buffer an entry points to is owned by the worker (connection
@@ -95,12 +119,25 @@ impl Ring {
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                    panic!("io_uring submit failed: {e}");
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    self.backlog.extend(self.ring.completion());
                 }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // The worker cannot go on; `run_worker` turns this into a process exit.
+                Err(e) => panic!("io_uring submit failed: {e}"),
             }
         }
+    }
+
+    /// The completions to dispatch: those `push` moved aside, then the queue's.
+    fn take_completions(&mut self) -> Vec<cqueue::Entry> {
+        let mut out = std::mem::take(&mut self.reaped);
+        out.clear();
+        out.append(&mut self.backlog);
+        out.extend(self.ring.completion());
+        out
     }
 
     /// Submits what is queued, waits for at least one completion (or until `wait` has
@@ -112,22 +149,26 @@ impl Ring {
         match wait {
             Some(w) => self.reap_for(w),
             None => {
-                match self.ring.submit_and_wait(1) {
+                // Completions set aside by `push` are due now: do not block.
+                let want = usize::from(self.backlog.is_empty());
+                match self.ring.submit_and_wait(want) {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                     Err(e) => return Err(e),
                 }
-                let mut out = std::mem::take(&mut self.reaped);
-                out.clear();
-                out.extend(self.ring.completion());
-                Ok(out)
+                Ok(self.take_completions())
             }
         }
     }
 
     /// Submits and waits up to `wait` for completions.
     pub fn reap_for(&mut self, wait: std::time::Duration) -> io::Result<Vec<cqueue::Entry>> {
+        let wait = if self.backlog.is_empty() {
+            wait
+        } else {
+            std::time::Duration::ZERO
+        };
         let ts = io_uring::types::Timespec::from(wait);
         let args = io_uring::types::SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(1, &args) {
@@ -139,10 +180,7 @@ impl Ring {
                 ) => {}
             Err(e) => return Err(e),
         }
-        let mut out = std::mem::take(&mut self.reaped);
-        out.clear();
-        out.extend(self.ring.completion());
-        Ok(out)
+        Ok(self.take_completions())
     }
 
     /// Gives the completion vector back for reuse.

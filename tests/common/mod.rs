@@ -163,3 +163,71 @@ pub fn rss_kib() -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Raises this process's soft descriptor limit to its hard limit; returns the new limit.
+pub fn raise_nofile() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        l.rlim_cur = l.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+    }
+    l.rlim_cur
+}
+
+/// Stalls a relay direction: writes from `sender` (made non-blocking) until nothing more
+/// goes in for 300 ms, while the receiving side reads nothing. Returns the bytes written
+/// (pattern `seed`); `sender` is left blocking again.
+pub fn stall(sender: &TcpStream, seed: u64) -> u64 {
+    let mut s = sender;
+    s.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut off = 0u64;
+    let mut quiet_since = std::time::Instant::now();
+    // Bounded: the proxy and both sockets buffer a few MiB at most.
+    for _ in 0..1_000_000 {
+        fill(&mut buf, seed, off);
+        match s.write(&buf) {
+            Ok(n) => {
+                off += n as u64;
+                quiet_since = std::time::Instant::now();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if quiet_since.elapsed() > Duration::from_millis(300) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("stalling write: {e}"),
+        }
+    }
+    s.set_nonblocking(false).unwrap();
+    off
+}
+
+/// Reads exactly `total` bytes of pattern `seed`, checking each.
+pub fn recv_exact_pattern(mut s: &TcpStream, seed: u64, total: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < total {
+        let want = ((total - off) as usize).min(buf.len());
+        let n = s.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::other(format!("EOF after {off} of {total}")));
+        }
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if b != pattern_byte(seed, off + i as u64) {
+                return Err(io::Error::other(format!(
+                    "wrong byte at {}",
+                    off + i as u64
+                )));
+            }
+        }
+        off += n as u64;
+    }
+    Ok(())
+}

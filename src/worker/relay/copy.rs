@@ -2,6 +2,13 @@
 //! ring, then send it to the peer. At most two buffers per direction (one being sent, one
 //! being filled), so a slow receiver stalls its sender instead of growing memory, and an
 //! idle direction holds no buffer at all.
+//!
+//! A direction reads no more than its destination can take now (`send_space`, less what
+//! it already holds), and sends without waiting (`MSG_DONTWAIT`): what a stalled
+//! destination refuses is copied into the direction's own small buffer (`spill`), the
+//! buffers go back to the ring at once, and the direction waits on POLLOUT holding none.
+//! With `relay.send_zc`, or once `relay.stall_bytes_per_worker` is used up, a short send
+//! waits in the kernel for the rest (`MSG_WAITALL`) and keeps its buffer.
 
 use super::super::conn::Phase;
 use super::super::ring::{token, Op};
@@ -21,14 +28,38 @@ impl Worker {
         let Phase::Relay(s) = &mut c.phase else {
             return;
         };
-        if s.reading || s.eof || s.queued >= 2 || s.starving || s.throttled || c.closing.is_some() {
+        if s.reading
+            || s.eof
+            || s.queued >= 2
+            || s.starving
+            || s.throttled
+            || s.out_wait
+            || s.spill_sent < s.spill.len()
+            || c.closing.is_some()
+        {
+            return;
+        }
+        let buffer_size = self.shared.config.relay.buffer_size;
+        // No more than the destination can take now, less what is already on its way.
+        let held: usize = s.queue[..s.queued as usize]
+            .iter()
+            .map(|&(_, len, sent)| (len - sent) as usize)
+            .sum();
+        let space = super::send_space(s.peer_fd).saturating_sub(held);
+        if space == 0 {
+            if s.queued == 0 && !s.writing {
+                // The destination is full: wait for it holding nothing.
+                self.stats().relay_stalls.fetch_add(1, Relaxed);
+                self.copy_arm_writable(id);
+            }
+            // Otherwise the send in flight calls back here when it is done.
             return;
         }
         // 0 = a whole buffer; a shaped stream reads no more than its tokens allow.
-        let mut len = 0;
+        let mut len = if space < buffer_size { space as u32 } else { 0 };
+        let pending = s.queued > 0 || s.writing;
         if s.shaper.is_some() {
-            let pending = s.queued > 0 || s.writing;
-            let want = self.shared.config.relay.buffer_size;
+            let want = if len == 0 { buffer_size } else { len as usize };
             match self.shaped(id, want) {
                 Grant::Go(n) if n < want => len = n as u32,
                 Grant::Go(_) => {}
@@ -62,6 +93,7 @@ impl Worker {
         let Some(s) = self.side(id) else {
             if let (Some(bid), Some(b)) = (bid, self.bufs.as_mut()) {
                 b.give_back(bid);
+                self.wake_starving();
             }
             return;
         };
@@ -74,6 +106,13 @@ impl Worker {
                 s.last_active = now;
                 s.queue[s.queued as usize] = (bid, n as u32, 0);
                 s.queued += 1;
+                if s.out_wait || s.spill_sent < s.spill.len() {
+                    // The destination is stalled: these bytes wait behind the spill, in the
+                    // direction's own buffer too (unless that budget is used up), and
+                    // `copy_on_writable` goes on.
+                    self.copy_spill(id);
+                    return;
+                }
                 let start_send = !s.writing;
                 if start_send {
                     self.copy_arm_send(id);
@@ -82,18 +121,18 @@ impl Worker {
             }
             (0, _) => {
                 s.eof = true;
-                if s.queued == 0 {
+                if s.queued == 0 && !s.writing && !s.out_wait && s.spill_sent == s.spill.len() {
                     self.direction_done(id);
                 }
             }
             (e, _) if -e == libc::ENOBUFS => {
                 // Every buffer is lent: wait for one to come back.
-                s.starving = true;
-                self.starving.push_back(id);
+                self.wait_for_pool(id);
             }
             (e, bid) => {
                 if let (Some(bid), Some(b)) = (bid, self.bufs.as_mut()) {
                     b.give_back(bid);
+                    self.wake_starving();
                 }
                 self.fail(id, -e);
             }
@@ -101,10 +140,15 @@ impl Worker {
     }
 
     fn copy_arm_send(&mut self, id: ConnId) {
+        self.copy_arm_send_as(id, false);
+    }
+
+    fn copy_arm_send_as(&mut self, id: ConnId, wait_all: bool) {
         let Some(s) = self.side(id) else {
             return;
         };
-        if s.queued == 0 {
+        if s.queued == 0 || s.writing || s.out_wait || s.spill_sent < s.spill.len() {
+            // Nothing to send, or a send or the spill goes first.
             return;
         }
         let (bid, len, sent) = s.queue[0];
@@ -112,10 +156,16 @@ impl Worker {
         let peer_fd = s.peer_fd;
         let bufs = self.bufs.as_ref().expect("copy engine has a buffer ring");
         let ptr = bufs.addr(bid, sent as usize);
-        // MSG_WAITALL: the kernel retries a short send itself instead of completing it,
-        // so a buffer costs one completion however small the peer's send buffer is.
-        let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
-        let e = if self.shared.config.relay.send_zc {
+        let zc = self.shared.config.relay.send_zc;
+        // Plain sends do not wait (a short one spills, see the file doc). MSG_WAITALL
+        // (zero-copy sends, or the stall budget used up): the kernel retries a short send
+        // itself, and the buffer stays lent until all of it is out.
+        let flags = if zc || wait_all {
+            libc::MSG_NOSIGNAL | libc::MSG_WAITALL
+        } else {
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT
+        };
+        let e = if zc {
             opcode::SendZc::new(types::Fd(peer_fd), ptr, len - sent)
                 .flags(flags)
                 .build()
@@ -165,13 +215,116 @@ impl Worker {
             return;
         };
         s.writing = false;
+        let sent = match res {
+            n if n >= 0 => n as u32,
+            e if -e == libc::EAGAIN => 0,
+            e => {
+                self.fail(id, -e);
+                return;
+            }
+        };
+        if sent > 0 {
+            s.last_active = now;
+        }
+        s.queue[0].2 += sent;
+        let (_, len, done) = s.queue[0];
+        if done < len && !self.shared.config.relay.send_zc {
+            // The destination took only part: wait for it holding no buffer, or (the
+            // stall budget used up) let the kernel wait with this one.
+            if self.copy_spill(id) {
+                self.copy_arm_writable(id);
+            } else {
+                self.copy_arm_send_as(id, true);
+            }
+            return;
+        }
+        self.copy_send_next(id);
+    }
+
+    /// Copies what direction `id`'s buffers still hold into its own buffer (behind what
+    /// it holds already) and gives them back. False when `relay.stall_bytes_per_worker`
+    /// is used up.
+    fn copy_spill(&mut self, id: ConnId) -> bool {
+        let limit = self.shared.config.relay.stall_bytes_per_worker;
+        let spill_bytes = self.spill_bytes;
+        let Some(s) = super::side_of(&mut self.conns, id) else {
+            return false;
+        };
+        let queued = &s.queue[..s.queued as usize];
+        let total: usize = queued.iter().map(|&(_, l, sent)| (l - sent) as usize).sum();
+        if spill_bytes + total > limit {
+            self.stats().relay_fallback_full.fetch_add(1, Relaxed);
+            return false;
+        }
+        let Some(bufs) = self.bufs.as_mut() else {
+            return false;
+        };
+        // Appended behind what is still to send of an earlier spill.
+        s.spill.drain(..s.spill_sent);
+        s.spill_sent = 0;
+        s.spill.reserve_exact(total);
+        let mut delivered = 0u64;
+        for &(bid, len, sent) in &s.queue[..s.queued as usize] {
+            s.spill
+                .extend_from_slice(bufs.slice(bid, sent as usize, (len - sent) as usize));
+            delivered += sent as u64;
+            bufs.give_back(bid);
+        }
+        let returned = s.queued as usize;
+        s.queued = 0;
+        s.bytes += delivered;
+        let first = s.first;
+        self.spill_bytes += total;
+        let st = self.stats();
+        if first {
+            st.bytes_first_to_second.fetch_add(delivered, Relaxed);
+        } else {
+            st.bytes_second_to_first.fetch_add(delivered, Relaxed);
+        }
+        st.relay_fallbacks.fetch_add(1, Relaxed);
+        for _ in 0..returned {
+            self.wake_starving();
+        }
+        true
+    }
+
+    /// Waits for the destination of direction `id` to take more (POLLOUT on the peer).
+    fn copy_arm_writable(&mut self, id: ConnId) {
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        if s.out_wait {
+            return;
+        }
+        s.out_wait = true;
+        let peer_fd = s.peer_fd;
+        self.arm_poll(id, peer_fd, libc::POLLOUT, Op::CopyPollOut);
+    }
+
+    /// The destination takes bytes again: the spill first, then the buffers and reads.
+    pub(in crate::worker) fn copy_on_writable(&mut self, id: ConnId, res: i32) {
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        s.out_wait = false;
         if res < 0 {
             self.fail(id, -res);
             return;
         }
-        s.last_active = now;
-        s.queue[0].2 += res as u32;
-        self.copy_send_next(id);
+        match self.flush_spill(id) {
+            Ok(true) => {}
+            Ok(false) => return self.copy_arm_writable(id),
+            Err(e) => return self.fail(id, e),
+        }
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        if s.eof && s.queued == 0 && !s.writing {
+            self.direction_done(id);
+            return;
+        }
+        self.copy_arm_send(id);
+        self.copy_arm_recv(id);
     }
 
     /// The send of the first queued buffer is over: send the rest of it, or give it back
@@ -190,7 +343,7 @@ impl Worker {
         s.bytes += len as u64;
         let first = s.first;
         let more = s.queued > 0;
-        let finished = s.eof && !more;
+        let finished = s.eof && !more && s.spill_sent == s.spill.len();
         let st = self.stats();
         if first {
             st.bytes_first_to_second.fetch_add(len as u64, Relaxed);

@@ -90,7 +90,10 @@ impl Worker {
         self.stats().relays_finished.fetch_add(1, Relaxed);
         for id in [first, second] {
             if let Some(c) = self.conns.get_mut(id) {
-                if !matches!(c.phase, Phase::Relay(_)) {
+                // Only a phase that owns no buffer is dropped here: a reply may still be
+                // being sent from its buffer, which stays until the close's last
+                // completion (`finalize`).
+                if matches!(c.phase, Phase::Waiting { .. }) {
                     c.phase = Phase::Dead;
                 }
             }
@@ -208,50 +211,154 @@ impl Worker {
     }
 
     /// The pipe of splice direction `id`, borrowed from the pool if it holds none. `None`
-    /// when the pool is empty (the direction then waits in `starving` for one to come
-    /// back) or a pipe cannot be made (the pair fails).
+    /// when the pool is empty: the direction then waits in `starving` for one to come
+    /// back. (Every pipe exists from the worker's start, so none is ever made here.)
     fn pipe_of(&mut self, id: ConnId) -> Option<Pipe> {
         let s = self.side(id)?;
         if let Some(p) = s.pipe {
             return Some(p);
         }
         match self.pipes.borrow() {
-            Ok(Some(p)) => {
+            Some(p) => {
                 side_of(&mut self.conns, id)?.pipe = Some(p);
                 Some(p)
             }
-            Ok(None) => {
-                side_of(&mut self.conns, id)?.starving = true;
-                self.starving.push_back(id);
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot create a pipe");
-                self.fail(id, e.raw_os_error().unwrap_or(libc::EMFILE));
+            None => {
+                self.wait_for_pool(id);
                 None
             }
         }
     }
 
-    /// A buffer or pipe came free: let the longest-waiting direction take it.
-    pub(in crate::worker) fn wake_starving(&mut self) {
-        while let Some(id) = self.starving.pop_front() {
-            let Some(s) = self.side(id) else {
-                continue;
-            };
-            if !s.starving {
-                continue;
-            }
-            s.starving = false;
-            self.resume_reading(id);
+    /// Direction `id` found every pipe or buffer lent: it waits in `starving` (nothing is
+    /// armed for it) until the ring loop wakes it (`wake_waiters`).
+    pub(in crate::worker) fn wait_for_pool(&mut self, id: ConnId) {
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        if s.starving {
             return;
         }
+        s.starving = true;
+        self.waiting += 1;
+        self.starving.push_back(id);
+        self.stats().relay_waits.fetch_add(1, Relaxed);
+    }
+
+    /// A buffer or pipe came free: the longest-waiting direction gets it, woken by the
+    /// ring loop after this event (never from here: a chain of wakeups, each freeing the
+    /// pipe again, once recursed as deep as the queue was long).
+    pub(in crate::worker) fn wake_starving(&mut self) {
+        if self.waiting > 0 {
+            self.wakes_owed += 1;
+        }
+    }
+
+    /// Moves what sits in direction `id`'s pipe (its destination took no more) into the
+    /// direction's own buffer and gives the pipe back, so a stalled direction holds no
+    /// pipe. False when `relay.stall_bytes_per_worker` is used up: it keeps the pipe.
+    fn spill_pipe(&mut self, id: ConnId) -> bool {
+        let limit = self.shared.config.relay.stall_bytes_per_worker;
+        let spill_bytes = self.spill_bytes;
+        let Some(s) = side_of(&mut self.conns, id) else {
+            return false;
+        };
+        let Some(pipe) = s.pipe else {
+            return false;
+        };
+        let n = s.in_pipe;
+        if n == 0 || spill_bytes + n > limit {
+            if n > 0 {
+                self.stats().relay_fallback_full.fetch_add(1, Relaxed);
+            }
+            return false;
+        }
+        debug_assert!(s.spill_sent == s.spill.len());
+        s.spill.clear();
+        s.spill_sent = 0;
+        s.spill.reserve_exact(n);
+        // SAFETY: read into the spare capacity just reserved (n bytes) from a non-blocking
+        // pipe this direction holds; the length is set to what was read.
+        let got = unsafe {
+            let r = libc::read(pipe.rd, s.spill.as_mut_ptr().cast(), n);
+            if r > 0 {
+                s.spill.set_len(r as usize);
+            }
+            r
+        };
+        if got < 0 || got as usize != n {
+            // Cannot happen (the pipe holds exactly `n`); keep the pipe and what is left.
+            s.in_pipe -= got.max(0) as usize;
+            self.spill_bytes += got.max(0) as usize;
+            return false;
+        }
+        s.in_pipe = 0;
+        s.pipe = None;
+        self.spill_bytes += n;
+        self.pipes.give_back(pipe);
+        self.stats().relay_fallbacks.fetch_add(1, Relaxed);
+        self.wake_starving();
+        true
+    }
+
+    /// Sends what direction `id` spilled, without blocking. `Ok(true)` once all of it is
+    /// out (its memory is freed), `Ok(false)` when the destination is full again.
+    fn flush_spill(&mut self, id: ConnId) -> Result<bool, i32> {
+        let now = self.now;
+        let Some(s) = side_of(&mut self.conns, id) else {
+            return Ok(false);
+        };
+        let mut sent_now = 0;
+        let mut res = Ok(true);
+        while s.spill_sent < s.spill.len() {
+            let rest = &s.spill[s.spill_sent..];
+            // SAFETY: send from a live Vec slice of the given length to the peer's socket,
+            // which stays open while the pair lives.
+            let n = unsafe {
+                libc::send(
+                    s.peer_fd,
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO);
+                res = match e {
+                    libc::EAGAIN => Ok(false),
+                    libc::EINTR => continue,
+                    e => Err(e),
+                };
+                break;
+            }
+            s.spill_sent += n as usize;
+            sent_now += n as usize;
+        }
+        if sent_now > 0 {
+            s.bytes += sent_now as u64;
+            s.last_active = now;
+            let first = s.first;
+            let st = &self.shared.stats[self.id];
+            if first {
+                st.bytes_first_to_second.fetch_add(sent_now as u64, Relaxed);
+            } else {
+                st.bytes_second_to_first.fetch_add(sent_now as u64, Relaxed);
+            }
+        }
+        self.spill_bytes -= sent_now;
+        if s.spill_sent == s.spill.len() && !s.spill.is_empty() {
+            s.spill = Vec::new();
+            s.spill_sent = 0;
+        }
+        res
     }
 
     /// Goes on with a direction that waited for a pipe or buffer, or for shaping tokens:
     /// it stopped where its engine reads next (for uring-splice, in `us_start` with
     /// nothing in flight and an empty pipe).
-    fn resume_reading(&mut self, id: ConnId) {
+    pub(in crate::worker) fn resume_reading(&mut self, id: ConnId) {
         match self.shared.config.relay.engine {
             Engine::Copy => self.copy_arm_recv(id),
             Engine::Splice => self.splice_pump(id),
@@ -312,7 +419,8 @@ impl Worker {
         }
     }
 
-    /// Ends relays that moved nothing either way for `idle_timeout`.
+    /// Ends relays that moved nothing either way for `idle_timeout` (a stalled direction
+    /// that still moves some bytes is not idle; one whose receiver reads nothing is).
     pub(in crate::worker) fn sweep_idle_relays(&mut self) {
         let Some(limit) = self.shared.config.idle_timeout() else {
             return;
@@ -336,9 +444,35 @@ impl Worker {
     }
 }
 
+/// Free room in the send buffer of socket `fd` (`SO_SNDBUF` less what is queued,
+/// `SIOCOUTQ`): about how much a send would take now. A direction reads no more than this,
+/// so what it cannot deliver at once stays small (and the kernel's, not a pool's, pipe or
+/// buffer holds the stalled stream). `usize::MAX` when it cannot be read.
+fn send_space(fd: std::os::fd::RawFd) -> usize {
+    let mut sndbuf: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let mut outq: libc::c_int = 0;
+    // SAFETY: getsockopt and ioctl(SIOCOUTQ) on a socket the worker owns, each writing one
+    // c_int we pass with its size.
+    let ok = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&mut sndbuf as *mut libc::c_int).cast(),
+            &mut len,
+        ) == 0
+            && libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) == 0
+    };
+    if !ok {
+        return usize::MAX;
+    }
+    (sndbuf.max(0) as usize).saturating_sub(outq.max(0) as usize)
+}
+
 /// The relay side of a live (not closing) connection. A free function so callers can
 /// borrow other worker fields at the same time.
-fn side_of(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Side> {
+pub(in crate::worker) fn side_of(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Side> {
     match conns.get_mut(id) {
         Some(c) if c.closing.is_none() => match &mut c.phase {
             Phase::Relay(s) => Some(s),

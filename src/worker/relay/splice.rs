@@ -22,6 +22,9 @@ impl Worker {
     }
 
     fn splice_arm_out(&mut self, id: ConnId, peer_fd: i32) {
+        if let Some(s) = self.side(id) {
+            s.out_wait = true;
+        }
         self.arm_poll(id, peer_fd, libc::POLLOUT, Op::PollOut);
     }
 
@@ -35,6 +38,12 @@ impl Worker {
     }
 
     /// Moves what it can without blocking, then arms the poll it is waiting on.
+    ///
+    /// A direction reads no more than its destination can take now (`send_space`), so it
+    /// borrows a pipe only within this call: what the destination still refuses is moved
+    /// into the direction's own small buffer (`spill_pipe`) and the pipe goes back. A
+    /// stalled direction then waits on POLLOUT holding no pipe, and its bytes wait in the
+    /// kernel's socket buffers, not in the pool.
     pub(in crate::worker) fn splice_pump(&mut self, id: ConnId) {
         let Some(c) = self.conns.get(id) else {
             return;
@@ -43,9 +52,25 @@ impl Worker {
         for _ in 0..ROUNDS {
             let now = self.now;
             let pipe_size = self.pipes.pipe_size();
-            let Some(pipe) = self.pipe_of(id) else {
+            let Some(s) = side_of(&mut self.conns, id) else {
                 return;
             };
+            let peer_fd = s.peer_fd;
+            s.out_wait = false;
+            if s.spill_sent < s.spill.len() {
+                // Leftover of a stall first, in order.
+                match self.flush_spill(id) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.splice_arm_out(id, peer_fd);
+                        return;
+                    }
+                    Err(e) => {
+                        self.fail(id, e);
+                        return;
+                    }
+                }
+            }
             let s = side_of(&mut self.conns, id).expect("checked above");
             let mut would_block_in = false;
             // A shaped stream reads no more than its tokens allow; when it may read
@@ -54,6 +79,20 @@ impl Worker {
             let mut quota_used = false;
             if !s.eof && s.in_pipe < pipe_size {
                 let mut room = pipe_size - s.in_pipe;
+                if s.in_pipe == 0 {
+                    let space = super::send_space(peer_fd);
+                    if space == 0 {
+                        // The destination is full: wait for it holding nothing.
+                        if let Some(p) = s.pipe.take() {
+                            self.pipes.give_back(p);
+                            self.wake_starving();
+                        }
+                        self.stats().relay_stalls.fetch_add(1, Relaxed);
+                        self.splice_arm_out(id, peer_fd);
+                        return;
+                    }
+                    room = room.min(space);
+                }
                 if s.shaper.is_some() {
                     match self.shaped(id, room) {
                         Grant::Go(n) => room = n,
@@ -61,8 +100,11 @@ impl Worker {
                         Grant::QuotaUsed => (quota_used, room) = (true, 0),
                     }
                 }
-                let s = side_of(&mut self.conns, id).expect("checked above");
                 if room > 0 {
+                    let Some(pipe) = self.pipe_of(id) else {
+                        return;
+                    };
+                    let s = side_of(&mut self.conns, id).expect("checked above");
                     match splice(fd, pipe.wr, room) {
                         Ok(0) => s.eof = true,
                         Ok(n) => {
@@ -87,7 +129,8 @@ impl Worker {
             }
             let s = side_of(&mut self.conns, id).expect("checked above");
             if s.in_pipe > 0 {
-                match splice(pipe.rd, s.peer_fd, s.in_pipe) {
+                let pipe = s.pipe.expect("bytes sit in a borrowed pipe");
+                match splice(pipe.rd, peer_fd, s.in_pipe) {
                     Ok(n) => {
                         s.in_pipe -= n;
                         s.bytes += n as u64;
@@ -99,23 +142,22 @@ impl Worker {
                             st.bytes_second_to_first.fetch_add(n as u64, Relaxed);
                         }
                     }
-                    Err(libc::EAGAIN) => {
-                        let peer_fd = s.peer_fd;
-                        self.splice_arm_out(id, peer_fd);
-                        return;
-                    }
+                    Err(libc::EAGAIN) => {}
                     Err(e) => {
                         self.fail(id, e);
                         return;
                     }
                 }
                 if s.in_pipe > 0 {
-                    // The peer took only part: wait until it can take more.
-                    let peer_fd = s.peer_fd;
+                    // The peer took only part: wait until it can take more, holding the
+                    // rest in the direction's own buffer (or, that budget used up, in the
+                    // pipe).
+                    self.spill_pipe(id);
                     self.splice_arm_out(id, peer_fd);
                     return;
                 }
             }
+            let s = side_of(&mut self.conns, id).expect("checked above");
             // The pipe is empty: give it back so idle directions hold none.
             if let Some(p) = s.pipe.take() {
                 self.pipes.give_back(p);
@@ -146,7 +188,7 @@ impl Worker {
         let Some(s) = self.side(id) else {
             return;
         };
-        if s.in_pipe > 0 {
+        if s.in_pipe > 0 || s.spill_sent < s.spill.len() {
             let peer_fd = s.peer_fd;
             self.splice_arm_out(id, peer_fd);
         } else {

@@ -85,6 +85,20 @@ impl Worker {
                 Grant::QuotaUsed => return self.quota_cut(id),
             }
         }
+        // No more than the destination can take now: a stalled destination is waited for
+        // holding no pipe, and what it refuses after a read stays small.
+        let space = super::send_space(peer_fd_of(self, id));
+        if space == 0 {
+            let s = side_of(&mut self.conns, id).expect("checked above");
+            if let Some(p) = s.pipe.take() {
+                self.pipes.give_back(p);
+                self.wake_starving();
+            }
+            self.stats().relay_stalls.fetch_add(1, Relaxed);
+            // `us_on_writable` finds no pipe and comes back here.
+            return self.us_arm_writable(id);
+        }
+        len = len.min(space);
         let Some(pipe) = self.pipe_of(id) else {
             return;
         };
@@ -192,7 +206,10 @@ impl Worker {
             return;
         }
         if s.in_pipe > 0 {
-            // The peer took only part (its send buffer is full): wait until it takes more.
+            // The peer took only part (its send buffer is full): wait until it takes more,
+            // holding the rest in the direction's own buffer (nothing is in flight on the
+            // pipe now), or, that budget used up, in the pipe.
+            self.spill_pipe(id);
             self.us_arm_writable(id);
             return;
         }
@@ -215,6 +232,21 @@ impl Worker {
         s.writing = false;
         if res < 0 {
             self.fail(id, -res);
+            return;
+        }
+        if s.spill_sent < s.spill.len() {
+            match self.flush_spill(id) {
+                Ok(true) => {}
+                Ok(false) => return self.us_arm_writable(id),
+                Err(e) => return self.fail(id, e),
+            }
+        }
+        let Some(s) = self.side(id) else {
+            return;
+        };
+        if s.pipe.is_none() || s.in_pipe == 0 {
+            // Waited for a full destination before reading, or its spill is out.
+            self.us_next(id);
             return;
         }
         self.us_splice_out(id);
@@ -272,4 +304,8 @@ impl Worker {
             self.us_arm_readable(id);
         }
     }
+}
+
+fn peer_fd_of(w: &mut Worker, id: ConnId) -> i32 {
+    side_of(&mut w.conns, id).map_or(-1, |s| s.peer_fd)
 }
