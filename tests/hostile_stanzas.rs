@@ -73,6 +73,9 @@ listen = "127.0.0.1:{metrics}"
 server = "{server}"
 jid = "{PROXY_JID}"
 secret = "{SECRET}"
+# The unknown-key burst comes from one account: every activation must reach the data
+# plane (with the default 16, those over it are answered resource-constraint).
+max_streams_per_jid = 0
 
 [component.access]
 allow = ["localhost", "{ATTACKER}"]
@@ -376,6 +379,9 @@ listen = "127.0.0.1:{metrics}"
 server = "{server}"
 jid = "{PROXY_JID}"
 secret = "{SECRET}"
+# The unknown-key burst comes from one account: every activation must reach the data
+# plane (with the default 16, those over it are answered resource-constraint).
+max_streams_per_jid = 0
 
 [component.access]
 allow = ["localhost", "{ATTACKER}"]

@@ -106,9 +106,19 @@ async fn run(mut settings: ControlSettings, input: Vec<u8>) -> io::Result<Replay
         Ok::<_, io::Error>(replies)
     });
     let drops = Arc::new(DropCounts::default());
-    let link = component::login_at(&settings, &settings.server, &drops)
-        .await
-        .map_err(io::Error::other)?;
+    let link = match component::login_at(&settings, &settings.server, &drops).await {
+        Ok(link) => link,
+        // Input that ends the link before the login completes (malformed right after the
+        // handshake) is an outcome like any other.
+        Err(why) => {
+            let _ = server.await;
+            return Ok(Replay {
+                end: format!("login failed: {why}"),
+                dropped: drops.snapshot().to_vec(),
+                replies: Vec::new(),
+            });
+        }
+    };
     let service = Service::new(&settings);
     let stats = Arc::new(ActivationStats::default());
     let limit = StreamsPerJid::new(settings.max_streams_per_jid);

@@ -88,7 +88,20 @@ impl Prosody {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        p.launch();
+        // Two tests can be handed the same free port: a Prosody that could not bind one
+        // logs it and runs on, and the other test's server would answer on that port.
+        for attempt in 0.. {
+            p.launch();
+            if !p.logs().contains("Failed to open server port") {
+                break;
+            }
+            assert!(attempt < 4, "prosody cannot bind its ports: {}", p.logs());
+            p.stop();
+            let _ = std::fs::remove_file(p.dir.path().join("prosody.log"));
+            p.c2s_port = free_port();
+            p.component_port = free_port();
+            std::fs::write(p.config_path(), p.config()).unwrap();
+        }
         p
     }
 
