@@ -174,6 +174,35 @@ impl<C: Copy + Eq + std::fmt::Debug> Rendezvous<C> {
         self.deadlines.front().map(|d| d.0)
     }
 
+    /// Takes the oldest half still waiting for its peer out of the table, to make room
+    /// when the proxy is full: the half most likely to be abandoned (a complete pair waits
+    /// only for its activation and is kept). Looks at most `scan` live entries past the
+    /// oldest, so the cost is bounded whatever the table holds.
+    pub fn shed_oldest_waiting(&mut self, scan: usize) -> Option<C> {
+        // Stale queue items at the front are garbage anyway: drop them on the way.
+        while let Some(&(_, key, epoch)) = self.deadlines.front() {
+            if self.entries.get(&key).is_some_and(|e| e.epoch == epoch) {
+                break;
+            }
+            self.deadlines.pop_front();
+        }
+        let key = self
+            .deadlines
+            .iter()
+            .take(scan)
+            .find(|(_, key, epoch)| {
+                self.entries
+                    .get(key)
+                    .is_some_and(|e| e.epoch == *epoch && matches!(e.slot, Slot::Waiting { .. }))
+            })
+            .map(|&(_, key, _)| key)?;
+        // Its queue item goes stale with the entry and is skipped when it comes up.
+        match self.entries.remove(&key)?.slot {
+            Slot::Waiting { first } => Some(first),
+            _ => None,
+        }
+    }
+
     /// Removes every entry whose deadline passed and pushes its connections to `out`.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<C>) {
         while let Some(&(at, key, epoch)) = self.deadlines.front() {
@@ -194,6 +223,48 @@ impl<C: Copy + Eq + std::fmt::Debug> Rendezvous<C> {
                 Some(Slot::Active) | None => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod shed_tests {
+    use super::*;
+
+    fn k(n: u8) -> StreamKey {
+        StreamKey::from_parts(&n.to_string(), "a@x/r", "b@x/t")
+    }
+
+    #[test]
+    fn the_oldest_waiting_half_is_shed_pairs_are_kept() {
+        let t = Instant::now();
+        let mut r: Rendezvous<u32> = Rendezvous::new(Duration::from_secs(60));
+        r.insert(k(1), 10, t);
+        r.insert(k(1), 11, t); // a pair: kept
+        r.insert(k(2), 20, t);
+        r.insert(k(3), 30, t);
+        assert_eq!(r.shed_oldest_waiting(8), Some(20));
+        assert_eq!(r.shed_oldest_waiting(8), Some(30));
+        assert_eq!(r.shed_oldest_waiting(8), None);
+        assert!(matches!(r.activate(&k(1)), Activation::Start { .. }));
+        // A shed key is forgotten: a new half waits under it again.
+        assert!(matches!(r.insert(k(2), 21, t), Insert::Waiting));
+        // Its old deadline is stale: only the new one expires it.
+        let mut out = Vec::new();
+        r.expire(t + Duration::from_secs(61), &mut out);
+        assert_eq!(out, vec![21]);
+    }
+
+    #[test]
+    fn the_scan_is_bounded() {
+        let t = Instant::now();
+        let mut r: Rendezvous<u32> = Rendezvous::new(Duration::from_secs(60));
+        for n in 0..10u8 {
+            r.insert(k(n), n as u32, t);
+            r.insert(k(n), 100 + n as u32, t);
+        }
+        r.insert(k(200), 7, t);
+        assert_eq!(r.shed_oldest_waiting(5), None, "ten pairs in front of it");
+        assert_eq!(r.shed_oldest_waiting(64), Some(7));
     }
 }
 

@@ -44,6 +44,28 @@ pub struct Handle {
     flusher: Option<crate::shaping::Flusher>,
 }
 
+/// Descriptors kept free of client connections: the metrics endpoint (16 clients and its
+/// listener), the component link, the quota store, logging, and slack for connections
+/// accepted only to be refused or to replace a shed half.
+const FD_RESERVE: usize = 96;
+
+/// Client connections this process may hold: its open-files limit less what its own
+/// threads need (rings, mailboxes, listeners, every pipe) and `FD_RESERVE`, so that at
+/// the limit new clients are refused (or shed older halves) while `/metrics` and `/ready`
+/// still answer and no running relay ever meets `EMFILE`.
+fn fd_budget(config: &Config, workers: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return usize::MAX;
+    }
+    let per_worker = 4 + config.listen.len() + 2 * config.relay.pipes_per_worker;
+    (lim.rlim_cur as usize).saturating_sub(FD_RESERVE + workers * per_worker)
+}
+
 /// How often the quota counts are written to their store.
 const QUOTA_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -69,6 +91,7 @@ impl Server {
             pending: AtomicUsize::new(0),
             max_connections: AtomicUsize::new(config.max_connections),
             max_pending: AtomicUsize::new(config.max_pending),
+            fd_budget: fd_budget(&config, workers),
             ip_limits: crate::limits::IpLimiter::new(config.source_limits()),
             shaping: shaping.clone(),
             config,

@@ -63,6 +63,7 @@ impl Refusal {
             | Refusal::PerIpConnections
             | Refusal::PerIpRate
             | Refusal::PerPrefixConnections
+            | Refusal::Shed
             // Refused over XMPP (activation) or by cutting a running stream.
             | Refusal::Quota => Rep::GeneralFailure,
         }

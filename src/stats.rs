@@ -41,13 +41,16 @@ pub enum Refusal {
     PerIpRate,
     /// Too many connections open from one IPv4 /24, IPv6 /56 or IPv6 /48.
     PerPrefixConnections,
+    /// The proxy was full: the oldest half still waiting for its peer was closed to make
+    /// room for a new connection.
+    Shed,
     /// The requester's account or domain used its daily byte quota: activation refused,
     /// or a running stream cut.
     Quota,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 18] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::BadVersion,
         Refusal::NoAcceptableMethod,
         Refusal::AuthFailed,
@@ -65,6 +68,7 @@ impl Refusal {
         Refusal::PerIpConnections,
         Refusal::PerIpRate,
         Refusal::PerPrefixConnections,
+        Refusal::Shed,
         Refusal::Quota,
     ];
 
@@ -88,6 +92,7 @@ impl Refusal {
             Refusal::PerIpConnections => "per_ip_connections",
             Refusal::PerIpRate => "per_ip_rate",
             Refusal::PerPrefixConnections => "per_prefix_connections",
+            Refusal::Shed => "shed",
             Refusal::Quota => "quota",
         }
     }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{config, key, start};
+use common::{config, half, key, start};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -52,4 +52,76 @@ fn a_dribbled_handshake_is_closed_at_handshake_timeout() {
         "closed after {closed_at:?}"
     );
     assert_eq!(h.stats().refused(Refusal::HandshakeTimeout), 1);
+}
+
+/// At its open-files limit the proxy keeps what runs and what operators need: connections
+/// beyond its descriptor budget shed the oldest unpaired halves (or are refused), `/metrics`
+/// and `/ready` still answer from the reserve, and a legitimate pair still sets up.
+#[test]
+fn at_the_descriptor_limit_metrics_answer_and_a_pair_still_sets_up() {
+    use common::scrape;
+    use std::net::{SocketAddr, TcpListener};
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (socks, metrics) = (free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("streamhost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 2\nlisten = [\"127.0.0.1:{socks}\"]\nmax_connections_per_ip = 0\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
+        ),
+    )
+    .unwrap();
+    // 512 files: about 270 client connections after the workers' pipes and the reserve.
+    let mut proxy = std::process::Command::new("prlimit")
+        .arg("--nofile=512:512")
+        .arg(env!("CARGO_BIN_EXE_streamhost"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .spawn()
+        .expect("prlimit runs the proxy");
+    let addr: SocketAddr = ([127, 0, 0, 1], socks).into();
+    let metrics: SocketAddr = ([127, 0, 0, 1], metrics).into();
+    let end = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(metrics).is_err() {
+        assert!(Instant::now() < end, "no metrics endpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut flood = Vec::new();
+    let end = Instant::now() + Duration::from_secs(30);
+    for n in 0..600u64 {
+        // A proxy out of descriptors leaves connections unanswered: bounded in time too.
+        if Instant::now() > end {
+            break;
+        }
+        if let Ok(s) = common::try_half(addr, &key(1_000_000 + n)) {
+            flood.push(s.0);
+        }
+    }
+    let (status, _, body) = scrape::get(metrics, "/metrics");
+    assert_eq!(status, 200);
+    let samples = scrape::samples(&body);
+    let shed = samples
+        .get("streamhost_refusals_total{reason=\"shed\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(shed >= 200.0, "shed {shed}");
+    assert_eq!(scrape::get(metrics, "/ready").0, 200);
+    assert_eq!(samples.get("streamhost_accept_errors_total"), Some(&0.0));
+    // A fresh pair is still placed (both halves answered 05 00 and waiting for their
+    // activation; `tests/limits.rs` activates one through such a flood in process).
+    let k = key(7);
+    let (_a, _b) = (half(addr, &k), half(addr, &k));
+    assert!(proxy.try_wait().unwrap().is_none(), "the proxy is running");
+    drop(flood);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
 }

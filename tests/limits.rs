@@ -107,8 +107,9 @@ fn process_wide_and_pending_limits() {
     assert_eq!(h.stats().refused(Refusal::MaxPending), 1);
     // Activation takes them out of pending; the process-wide limit then bites at 4.
     assert_eq!(h.activate(&k), streamhost::ActivationOutcome::Activated);
+    // A pair waiting for activation is never shed to make room (a lone half would be).
     let _c = half(addr, &key(2));
-    let _d = half(addr, &key(3));
+    let _d = half(addr, &key(2));
     let mut fifth = TcpStream::connect(addr).unwrap();
     fifth
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -142,4 +143,50 @@ fn per_prefix_limit_sums_the_addresses_of_a_network() {
     assert!(eventually(5, || h.stats().open == 3));
     let mut again = connect_from("127.0.0.9", addr);
     assert!(admitted(&mut again));
+}
+
+/// Completes a SOCKS5 handshake for `key` from a chosen source address; true if placed.
+fn placed_from(src: &str, to: SocketAddr, key: &streamhost::StreamKey) -> (TcpStream, bool) {
+    use std::io::Write;
+    let mut s = connect_from(src, to);
+    let mut req = vec![5, 1, 0, 5, 1, 0, 3, 40];
+    req.extend_from_slice(key.as_bytes());
+    req.extend_from_slice(&[0, 0]);
+    if s.write_all(&req).is_err() {
+        return (s, false);
+    }
+    let mut reply = [0u8; 49];
+    let ok = s.read_exact(&mut reply).is_ok() && reply[..4] == [5, 0, 5, 0];
+    (s, ok)
+}
+
+/// A flood of halves that never pair, from many addresses, fills `max_pending`; a
+/// legitimate pair from a fresh address still sets up: the oldest unpaired halves are
+/// closed to make room, counted as `shed`.
+#[test]
+fn a_legitimate_pair_sets_up_during_a_flood_of_unpaired_halves() {
+    let mut c = config(Engine::Splice);
+    c.max_pending = 100;
+    let (h, addr) = start(c);
+    let mut flood = Vec::new();
+    for n in 0..300u64 {
+        let src = format!("127.{}.{}.{}", 1 + n / 250, n % 250, 1 + n % 7);
+        let (s, _) = placed_from(&src, addr, &key(1_000_000 + n));
+        flood.push(s);
+    }
+    assert!(
+        h.stats().refused(Refusal::Shed) >= 150,
+        "the flood was shed"
+    );
+    let k = key(7);
+    let (mut a, a_ok) = placed_from("127.200.0.1", addr, &k);
+    let (mut b, b_ok) = placed_from("127.200.0.2", addr, &k);
+    assert!(a_ok && b_ok, "the legitimate halves were placed");
+    assert_eq!(h.activate(&k), streamhost::ActivationOutcome::Activated);
+    use std::io::Write;
+    a.write_all(b"hello through the flood").unwrap();
+    let mut got = [0u8; 23];
+    b.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello through the flood");
+    assert_eq!(h.stats().refused(Refusal::MaxPending), 0);
 }

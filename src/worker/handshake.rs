@@ -22,7 +22,8 @@ impl Worker {
             unsafe { libc::close(fd) };
             return;
         }
-        let refuse = if sh.open.load(Relaxed) >= sh.max_connections.load(Relaxed) {
+        let max_open = sh.max_connections.load(Relaxed).min(sh.fd_budget);
+        let full = if sh.open.load(Relaxed) >= max_open {
             Some(Refusal::MaxConnections)
         } else if sh.pending.load(Relaxed) >= sh.max_pending.load(Relaxed) {
             Some(Refusal::MaxPending)
@@ -30,7 +31,18 @@ impl Worker {
             None
         };
         let src = Source::of(peer_ip(fd));
-        let refuse = refuse.or_else(|| sh.ip_limits.admit(src, self.now).err());
+        let mut refuse = sh.ip_limits.admit(src, self.now).err();
+        if let (None, Some(why)) = (refuse, full) {
+            // Full: the oldest half still waiting for its peer makes room, so that a flood
+            // of halves that never pair cannot lock newcomers out. Only if there is none
+            // is the newcomer refused.
+            if self.shed_oldest_waiting() {
+                self.stats().refuse(Refusal::Shed);
+            } else {
+                self.shared.ip_limits.release(src);
+                refuse = Some(why);
+            }
+        }
         if let Some(why) = refuse {
             self.stats().refuse(why);
             // SAFETY: we own the fresh descriptor and nothing else refers to it.

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     /// Live limits (SIGHUP may change them): `max_connections`, `max_pending`.
     pub max_connections: AtomicUsize,
     pub max_pending: AtomicUsize,
+    /// Client connections the open-files limit leaves room for (`server::fd_budget`).
+    pub fd_budget: usize,
     pub ip_limits: crate::limits::IpLimiter,
     /// Bandwidth shaping and quotas; hands out nothing when both are off.
     pub shaping: Arc<crate::shaping::Shaping>,

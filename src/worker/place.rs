@@ -161,6 +161,22 @@ impl Worker {
         }
     }
 
+    /// Closes this core's oldest half still waiting for its peer; false if it has none
+    /// (among the first few in its table's queue).
+    pub(super) fn shed_oldest_waiting(&mut self) -> bool {
+        const SCAN: usize = 64;
+        let Some(id) = self.table.shed_oldest_waiting(SCAN) else {
+            return false;
+        };
+        if let Some(c) = self.conns.get_mut(id) {
+            if matches!(c.phase, Phase::Waiting { .. }) {
+                c.phase = Phase::Dead;
+            }
+        }
+        self.close(id, CloseKind::Graceful);
+        true
+    }
+
     /// Halves whose peer never came, or whose pair was never activated, in time.
     pub(super) fn expire_unactivated(&mut self) {
         let mut expired = std::mem::take(&mut self.expired);
