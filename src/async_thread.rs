@@ -91,8 +91,9 @@ fn supervise<F, Fut>(
             std::thread::sleep(RESTART_PAUSE);
             continue;
         };
-        let mut rx = stop.clone();
-        rx.mark_unchanged();
+        // A clone has seen what the original has: a stop sent before the thread got here
+        // (even before its first run) still shows as a change.
+        let rx = stop.clone();
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| current.block_on(f(rx))));
         // Dropping the runtime cancels whatever the panicked future left spawned.
         drop(current);
@@ -127,6 +128,22 @@ impl Drop for AsyncThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_sent_before_the_thread_runs_is_seen() {
+        for _ in 0..50 {
+            let mut t = AsyncThread::spawn(
+                "test-early-stop",
+                1 << 20,
+                Default::default(),
+                |mut stop| async move {
+                    let _ = stop.changed().await;
+                },
+            )
+            .unwrap();
+            t.stop(); // joins: hangs if the stop was missed
+        }
+    }
 
     #[test]
     fn a_panicking_future_is_made_again_and_still_stops() {
