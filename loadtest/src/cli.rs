@@ -37,13 +37,15 @@ pub struct Common {
     /// Worker threads of the spawned proxy.
     #[arg(long, global = true, conflicts_with = "proxy")]
     pub workers: Option<usize>,
-    /// CPUs of the spawned (or in-process) proxy's workers, e.g. `0-3`: its `worker_cpus`,
-    /// and one worker per CPU unless --workers says otherwise. (`std::vec::Vec` spelled out:
-    /// clap would take a bare `Vec` for a repeatable flag.)
+    /// CPUs of the spawned (or in-process) proxy's workers, e.g. `0-3` or `0,2,4`: its
+    /// `worker_cpus`, and one worker per CPU unless --workers says otherwise.
+    // The type is written `std::vec::Vec` on purpose: clap's derive reads a bare
+    // `Option<Vec<_>>` as a repeatable flag, while this is one flag parsed into a list.
     #[arg(long, global = true, value_name = "LIST", value_parser = streamhost::affinity::parse_cpu_list, conflicts_with = "proxy")]
     pub proxy_cpus: Option<std::vec::Vec<usize>>,
     /// CPUs this generator (senders, receivers, checkers, the embedded XMPP server) runs
     /// on, e.g. `4-15`: with --proxy-cpus, clients and proxy on separate cores.
+    // `std::vec::Vec`: see --proxy-cpus.
     #[arg(long, global = true, value_name = "LIST", value_parser = streamhost::affinity::parse_cpu_list)]
     pub client_cpus: Option<std::vec::Vec<usize>>,
     /// relay.buffer_size of the spawned proxy (e.g. 64KiB, 1MiB).
@@ -68,6 +70,12 @@ pub struct Common {
     /// Domain of the requester/target JIDs with the embedded server.
     #[arg(long, global = true, default_value = "localhost")]
     pub domain: String,
+    /// Rounds per measurement: direct, proxy, direct, proxy, ... Each figure is the median
+    /// over the rounds and each ratio the median of the rounds' own ratios, shown with their
+    /// range; more rounds steady the figures on busy machines. [default: 3; quick: 41 for
+    /// bulk, 2 for mixed]
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub rounds: Option<u64>,
     /// Skip the direct-TCP baseline (figures then have no ratio).
     #[arg(long, global = true)]
     pub no_baseline: bool,
@@ -144,10 +152,31 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} too large"))
 }
 
+/// What `quick` runs; `quick --help` shows the defaults.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct QuickArgs {
+    /// Bytes of each bulk round (one pair, one way).
+    #[arg(long, value_parser = parse_size, default_value = "512MiB")]
+    pub bytes: u64,
+    /// Seconds of mixed load per round and target.
+    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    pub mixed_seconds: f64,
+}
+
+impl Default for QuickArgs {
+    fn default() -> Self {
+        QuickArgs {
+            bytes: 512 << 20,
+            mixed_seconds: 2.0,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum Cmd {
-    /// The main preset: short mixed load plus bulk with 1 pair, each against direct TCP.
-    Quick,
+    /// The main preset (the default): a short mixed load, then bulk with one pair in
+    /// alternating rounds against direct TCP, with the CPU each side used.
+    Quick(QuickArgs),
     /// P pairs x B bytes; aggregate and per-pair Gbit/s.
     Bulk(BulkArgs),
     /// The bulk sender/receiver over plain loopback TCP only: the physical baseline.
@@ -159,12 +188,17 @@ pub enum Cmd {
     /// Open-loop Poisson arrivals with heavy-tailed sizes; goodput and latency.
     Mixed(MixedArgs),
     /// Compare two report.json files (ratio B/A per figure).
-    Compare { a: PathBuf, b: PathBuf },
+    Compare {
+        /// The report.json taken as reference.
+        a: PathBuf,
+        /// The report.json compared with it.
+        b: PathBuf,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct BulkArgs {
-    /// Pair counts to run, e.g. 1,2,4,8 (one run each: throughput vs pairs).
+    /// Pair counts to run, e.g. 1,2,4,8 (each in every round: throughput vs pairs).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub pairs: Vec<usize>,
     /// Bytes per pair and direction.
@@ -177,10 +211,13 @@ pub struct BulkArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct SetupArgs {
+    /// Pairs to set up (per round and target).
     #[arg(long, default_value_t = 2000)]
     pub count: usize,
+    /// Setups in progress at once (one thread each).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Bytes each pair carries once set up, checked on arrival.
     #[arg(long, value_parser = parse_size, default_value = "1KiB")]
     pub payload: u64,
 }
@@ -193,6 +230,7 @@ pub struct IdleArgs {
     /// Seconds to hold them.
     #[arg(long, default_value_t = 10)]
     pub hold: u64,
+    /// Threads setting the pairs up.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
 }
@@ -211,10 +249,13 @@ pub struct MixedArgs {
     /// Lognormal sigma: 2 gives many small transfers and a few huge ones.
     #[arg(long, default_value_t = 2.0)]
     pub sigma: f64,
+    /// Smallest transfer (smaller draws are raised to it).
     #[arg(long, value_parser = parse_size, default_value = "512")]
     pub min: u64,
+    /// Largest transfer (larger draws are cut to it).
     #[arg(long, value_parser = parse_size, default_value = "256MiB")]
     pub max: u64,
+    /// Transfers in flight at most; arrivals beyond it wait, and their latency counts the wait.
     #[arg(long, default_value_t = 128)]
     pub max_inflight: usize,
 }

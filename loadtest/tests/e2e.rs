@@ -38,6 +38,7 @@ fn rig(fault: Fault) -> Rig {
         deadline: Instant::now() + Duration::from_secs(60),
         proxy_pid: Some(std::process::id()),
         tag: run_tag(),
+        rounds: 2,
     };
     Rig {
         _server: server,
