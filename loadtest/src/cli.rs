@@ -72,7 +72,7 @@ pub struct Common {
     pub domain: String,
     /// Rounds per measurement: direct, proxy, direct, proxy, ... Each figure is the median
     /// over the rounds and each ratio the median of the rounds' own ratios, shown with their
-    /// range; more rounds steady the figures on busy machines. [default: 3; quick: 41 for
+    /// range; more rounds steady the figures on busy machines. [default: 3; quick: 81 for
     /// bulk, 2 for mixed]
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub rounds: Option<u64>,
@@ -156,7 +156,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct QuickArgs {
     /// Bytes of each bulk round (one pair, one way).
-    #[arg(long, value_parser = parse_size, default_value = "512MiB")]
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
     pub bytes: u64,
     /// Seconds of mixed load per round and target.
     #[arg(long, value_name = "S", default_value_t = 2.0)]
@@ -166,7 +166,7 @@ pub struct QuickArgs {
 impl Default for QuickArgs {
     fn default() -> Self {
         QuickArgs {
-            bytes: 512 << 20,
+            bytes: 256 << 20,
             mixed_seconds: 2.0,
         }
     }

@@ -81,10 +81,7 @@ impl CpuMark {
         let now = CpuMark::now(self.proxy_pid);
         CpuUsed {
             clients: (now.clients - self.clients).max(0.0),
-            proxy: self
-                .proxy
-                .zip(now.proxy)
-                .map(|(a, b)| (b - a).max(0.0)),
+            proxy: self.proxy.zip(now.proxy).map(|(a, b)| (b - a).max(0.0)),
         }
     }
 }

@@ -28,7 +28,7 @@ pub const DEFAULT_ROUNDS: usize = 3;
 
 /// `quick`'s bulk rounds: enough for its median ratio to repeat within a few hundredths
 /// from run to run on a busy 2-core machine.
-pub const QUICK_BULK_ROUNDS: usize = 41;
+pub const QUICK_BULK_ROUNDS: usize = 81;
 
 /// `quick`'s mixed rounds (its goodput follows the arrival schedule; latencies add up).
 pub const QUICK_MIXED_ROUNDS: usize = 2;

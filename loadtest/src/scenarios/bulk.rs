@@ -183,7 +183,12 @@ pub fn run(ctx: &Ctx, p: &BulkParams, name: &str) -> anyhow::Result<ScenarioRepo
                 dv.as_deref(),
                 true,
             ));
-            let min = |r: &BulkRun| r.per_pair_gbps.iter().copied().fold(f64::INFINITY, f64::min);
+            let min = |r: &BulkRun| {
+                r.per_pair_gbps
+                    .iter()
+                    .copied()
+                    .fold(f64::INFINITY, f64::min)
+            };
             let dv = d.map(|d| pick(d, &min));
             rep.figures.push(Figure::from_rounds(
                 &format!("per pair min, {n} pairs"),
@@ -196,7 +201,9 @@ pub fn run(ctx: &Ctx, p: &BulkParams, name: &str) -> anyhow::Result<ScenarioRepo
         let mr: Vec<&BulkRun> = m.iter().collect();
         let dr: Option<Vec<&BulkRun>> = d.map(|d| d.iter().collect());
         let clients = cpu_per_gb(&mr, |r| Some(r.cpu.clients));
-        let direct_clients = dr.as_ref().and_then(|d| cpu_per_gb(d, |r| Some(r.cpu.clients)));
+        let direct_clients = dr
+            .as_ref()
+            .and_then(|d| cpu_per_gb(d, |r| Some(r.cpu.clients)));
         if let Some(c) = clients {
             let mut f = Figure::new(&format!("clients CPU, {n} pairs"), "core-s/GB", c, false)
                 .with_direct(direct_clients);
@@ -212,7 +219,10 @@ pub fn run(ctx: &Ctx, p: &BulkParams, name: &str) -> anyhow::Result<ScenarioRepo
             rep.figures.push(f);
         }
         if let (Some(dc), Some(c), Some(pc)) = (direct_clients, clients, proxy) {
-            rep.notes.push(cpu_note(n, dc, c, pc));
+            // Too short a run to register a clock tick says nothing.
+            if dc > 0.0 && pc > 0.0 {
+                rep.notes.push(cpu_note(n, dc, c, pc));
+            }
         }
     }
     for (t, v) in targets.iter().zip(&runs) {
@@ -234,7 +244,8 @@ pub fn run(ctx: &Ctx, p: &BulkParams, name: &str) -> anyhow::Result<ScenarioRepo
             points,
             ranges,
         });
-        for (&n, rs) in p.pairs.iter().zip(v) {
+        // Every round, when one pair count ran (the curve above has ranges otherwise).
+        for (&n, rs) in p.pairs.iter().zip(v).filter(|_| p.pairs.len() == 1) {
             rep.series.push(Series {
                 name: format!("aggregate throughput, {n} pairs"),
                 target: t.label().to_string(),
@@ -248,6 +259,31 @@ pub fn run(ctx: &Ctx, p: &BulkParams, name: &str) -> anyhow::Result<ScenarioRepo
                 ranges: Vec::new(),
             });
         }
+    }
+    if let Some(d) = direct {
+        let (points, ranges) = p
+            .pairs
+            .iter()
+            .zip(main.iter().zip(d))
+            .map(|(&n, (m, d))| {
+                let r: Vec<f64> = m
+                    .iter()
+                    .zip(d)
+                    .filter(|(_, d)| d.aggregate_gbps > 0.0)
+                    .map(|(m, d)| m.aggregate_gbps / d.aggregate_gbps)
+                    .collect();
+                let [lo, hi] = range(&r).unwrap_or([0.0, 0.0]);
+                ((n as f64, median(&r)), (lo, hi))
+            })
+            .unzip();
+        rep.series.push(Series {
+            name: "aggregate throughput, ratio to direct".into(),
+            target: "proxy / direct".into(),
+            x_label: "pairs".into(),
+            y_label: "ratio".into(),
+            points,
+            ranges,
+        });
     }
     rep.wall_s = started.elapsed().as_secs_f64();
     Ok(rep)

@@ -6,9 +6,7 @@
 use super::{progress, Ctx};
 use crate::pairs::{next_pair_id, setup, Target};
 use crate::procstat::{CpuMark, CpuUsed};
-use crate::report::model::{
-    gbps, median, new_histogram, record, Figure, Latency, ScenarioReport,
-};
+use crate::report::model::{gbps, median, new_histogram, record, Figure, Latency, ScenarioReport};
 use crate::transfer::{receive, send, Leg};
 use hdrhistogram::Histogram;
 use rand::SeedableRng;
@@ -223,7 +221,8 @@ pub fn run(ctx: &Ctx, p: &MixedParams) -> anyhow::Result<ScenarioReport> {
     rep.params.push(("rounds".into(), rounds.to_string()));
     // Direct first, then the proxy, alternating; latencies add up over the rounds.
     let targets = ctx.round_targets();
-    let mut runs: Vec<(&str, Vec<MixedRun>)> = targets.iter().map(|t| (t.label(), Vec::new())).collect();
+    let mut runs: Vec<(&str, Vec<MixedRun>)> =
+        targets.iter().map(|t| (t.label(), Vec::new())).collect();
     for _ in 0..rounds {
         for (t, (_, v)) in targets.iter().zip(runs.iter_mut()) {
             let cpu = CpuMark::now(ctx.proxy_pid);
@@ -255,10 +254,8 @@ pub fn run(ctx: &Ctx, p: &MixedParams) -> anyhow::Result<ScenarioReport> {
         f.rounds = Some(rounds);
         rep.figures.push(f);
     }
-    let merged: Vec<(&str, MixedRun)> = runs
-        .iter()
-        .map(|(l, v)| (*l, MixedRun::merge(v)))
-        .collect();
+    let merged: Vec<(&str, MixedRun)> =
+        runs.iter().map(|(l, v)| (*l, MixedRun::merge(v))).collect();
     let main = &merged.last().expect("at least one target").1;
     let direct = (merged.len() > 1).then(|| &merged[0].1);
     let hs: [(&str, Pick); 3] = [
