@@ -10,8 +10,10 @@ use std::path::PathBuf;
     version,
     about = "Load generator for the streamhost XEP-0065 proxy: SOCKS5 on both halves, \
              activation over XMPP, every byte verified, figures as ratios to direct TCP.",
-    after_help = "With no command, runs `quick`: spawns the proxy with the embedded XMPP \
-                  server, a short mixed load, then bulk with 1 pair, each against direct TCP."
+    after_help = "With no command, runs `quick`: spawns the proxy (the `streamhost` binary next \
+                  to this one) with the embedded XMPP server, runs a short mixed load and one-pair \
+                  bulk rounds alternating with direct TCP, and prints medians, their range and \
+                  the CPU per GB each side used (about a minute on 2 cores)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -34,8 +36,8 @@ pub struct Common {
     /// Relay engine of the spawned proxy.
     #[arg(long, global = true, value_parser = ["copy", "splice", "uring-splice"], conflicts_with = "proxy")]
     pub engine: Option<String>,
-    /// Worker threads of the spawned proxy.
-    #[arg(long, global = true, conflicts_with = "proxy")]
+    /// Worker threads of the spawned proxy [default: one per core].
+    #[arg(long, global = true, value_name = "N", conflicts_with = "proxy")]
     pub workers: Option<usize>,
     /// CPUs of the spawned (or in-process) proxy's workers, e.g. `0-3` or `0,2,4`: its
     /// `worker_cpus`, and one worker per CPU unless --workers says otherwise.
@@ -48,27 +50,43 @@ pub struct Common {
     // `std::vec::Vec`: see --proxy-cpus.
     #[arg(long, global = true, value_name = "LIST", value_parser = streamhost::affinity::parse_cpu_list)]
     pub client_cpus: Option<std::vec::Vec<usize>>,
-    /// relay.buffer_size of the spawned proxy (e.g. 64KiB, 1MiB).
-    #[arg(long, global = true, value_parser = parse_size, conflicts_with = "proxy")]
+    /// Bytes per receive buffer of the spawned proxy's copy engine (its relay.buffer_size),
+    /// e.g. 64KiB, 1MiB.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size, conflicts_with = "proxy")]
     pub buffer_size: Option<u64>,
     /// How activations reach the proxy: `embedded` (this program is the XMPP server the
     /// proxy's component connects to) or `component:HOST:PORT:JID:SECRET` (connect to a
     /// real XMPP server as component JID and send the activations from there), or
     /// `in-process` (run streamhost's data plane inside this process and activate through
     /// its API: no XMPP, no spawn; the generator and the proxy then share the cores).
-    #[arg(long, global = true, default_value = "embedded", value_parser = parse_xmpp)]
+    #[arg(long, global = true, value_name = "MODE", default_value = "embedded", value_parser = parse_xmpp)]
     pub xmpp: XmppMode,
     /// Where the embedded XMPP server listens (an external proxy must be configured with it).
-    #[arg(long, global = true, default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:0"
+    )]
     pub xmpp_listen: SocketAddr,
     /// The proxy's component JID.
-    #[arg(long, global = true, default_value = "proxy.localhost")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "JID",
+        default_value = "proxy.localhost"
+    )]
     pub proxy_jid: String,
     /// The proxy's component secret (embedded server and spawned proxy).
     #[arg(long, global = true, default_value = "streamhost-loadtest")]
     pub secret: String,
     /// Domain of the requester/target JIDs with the embedded server.
-    #[arg(long, global = true, default_value = "localhost")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DOMAIN",
+        default_value = "localhost"
+    )]
     pub domain: String,
     /// Rounds per measurement: direct, proxy, direct, proxy, ... Each figure is the median
     /// over the rounds and each ratio the median of the rounds' own ratios, shown with their
@@ -83,10 +101,10 @@ pub struct Common {
     #[arg(long, global = true, value_name = "DIR")]
     pub report: Option<PathBuf>,
     /// Overall time limit in seconds; no new work starts after it.
-    #[arg(long, global = true, default_value_t = 600)]
+    #[arg(long, global = true, value_name = "S", default_value_t = 600)]
     pub time_limit: u64,
     /// Seconds a data socket may block before the run fails as stalled.
-    #[arg(long, global = true, default_value_t = 30)]
+    #[arg(long, global = true, value_name = "S", default_value_t = 30)]
     pub io_timeout: u64,
     /// Seed of the data patterns and of the mixed schedule.
     #[arg(long, global = true, default_value_t = 1)]

@@ -198,6 +198,27 @@ pub fn run(ctx: &Ctx, p: &BulkParams, name: &str) -> anyhow::Result<ScenarioRepo
                 true,
             ));
         }
+        // Throughput per core used: what each path moves with the CPU it actually got, so
+        // that a neighbour taking a share of the cores in one run does not tilt the ratio.
+        // The proxy's CPU must be known: spawned here, or in this process (then in clients).
+        let in_process = ctx.proxy_pid == Some(std::process::id());
+        let own_proxy =
+            main_label != "proxy" || in_process || m.iter().all(|r| r.cpu.proxy.is_some());
+        let per_core = |r: &BulkRun| -> Option<f64> {
+            let cpu = r.cpu.clients + r.cpu.proxy.unwrap_or(0.0);
+            (cpu > 0.0).then(|| r.bytes as f64 * 8.0 / 1e9 / cpu)
+        };
+        let pm: Option<Vec<f64>> = m.iter().map(per_core).collect();
+        let pd: Option<Option<Vec<f64>>> = d.map(|d| d.iter().map(per_core).collect());
+        if let (Some(pm), true) = (pm, own_proxy) {
+            rep.figures.push(Figure::from_rounds(
+                &format!("per core used, {n} pairs"),
+                "Gbit/s/core",
+                &pm,
+                pd.flatten().as_deref(),
+                true,
+            ));
+        }
         let mr: Vec<&BulkRun> = m.iter().collect();
         let dr: Option<Vec<&BulkRun>> = d.map(|d| d.iter().collect());
         let clients = cpu_per_gb(&mr, |r| Some(r.cpu.clients));
