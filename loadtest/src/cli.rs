@@ -205,6 +205,9 @@ pub enum Cmd {
     Idle(IdleArgs),
     /// Open-loop Poisson arrivals with heavy-tailed sizes; goodput and latency.
     Mixed(MixedArgs),
+    /// streamhost beside other XEP-0065 proxies installed here (Prosody's mod_proxy65), the
+    /// same bulk transfers interleaved with direct TCP; missing ones are named and skipped.
+    Peers(PeersArgs),
     /// Compare two report.json files (ratio B/A per figure).
     Compare {
         /// The report.json taken as reference.
@@ -225,6 +228,16 @@ pub struct BulkArgs {
     /// Send both ways at once.
     #[arg(long)]
     pub both_ways: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PeersArgs {
+    /// Pair counts to run, e.g. 1,8 (each in every round).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub pairs: Vec<usize>,
+    /// Bytes per pair and round.
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub bytes: u64,
 }
 
 #[derive(Args, Debug, Clone)]

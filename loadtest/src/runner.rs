@@ -4,9 +4,10 @@
 use crate::cli::{Cmd, Common, XmppMode};
 use crate::control::Control;
 use crate::pairs::{run_tag, Target};
+use crate::peers::Peer;
 use crate::proxy_proc::{default_bin, ProxyProcess, SpawnOptions};
 use crate::report::model::{Env, Report, ScenarioReport};
-use crate::scenarios::{bulk, idle, mixed, setup, Ctx};
+use crate::scenarios::{bulk, idle, mixed, peers, setup, Ctx};
 use crate::xmpp::{component, embedded::EmbeddedServer};
 use crate::{report, sys};
 use std::sync::Arc;
@@ -335,6 +336,48 @@ pub fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
                 },
             )
         })],
+        Cmd::Peers(a) => {
+            let secret = c.secret.clone();
+            vec![Box::new(move |ctx: &Ctx| {
+                let mut peers = Vec::new();
+                if let Some(t) = &ctx.proxy {
+                    peers.push(Peer {
+                        name: "streamhost".into(),
+                        target: t.clone(),
+                        pid: ctx.proxy_pid,
+                    });
+                }
+                let mut skipped = crate::peers::missing_lines();
+                // Kept alive until the scenario ends; stopped on drop.
+                let prosody = if crate::peers::installed("prosody") {
+                    match crate::peers::Prosody::spawn(&secret, READY) {
+                        Ok(p) => {
+                            peers.push(p.peer(&secret, READY)?);
+                            Some(p)
+                        }
+                        Err(e) => {
+                            skipped.push(format!("prosody mod_proxy65: skipped, {e:#}"));
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                let rep = peers::run(
+                    ctx,
+                    &peers,
+                    &skipped,
+                    &bulk::BulkParams {
+                        pairs: a.pairs.clone(),
+                        bytes: a.bytes,
+                        both_ways: false,
+                    },
+                );
+                drop(peers);
+                drop(prosody);
+                rep
+            })]
+        }
         Cmd::Compare { .. } => anyhow::bail!("compare runs no load"),
     };
     for step in steps {

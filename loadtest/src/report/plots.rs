@@ -16,7 +16,7 @@ const OTHER: [RGBColor; 3] = [RGBColor(44, 160, 44), RGBColor(148, 103, 189), BL
 
 fn color(target: &str, i: usize) -> RGBColor {
     match target {
-        t if t.starts_with("proxy") => PROXY,
+        t if t.starts_with("proxy") || t == "streamhost" => PROXY,
         "direct" => DIRECT,
         _ => OTHER[i % OTHER.len()],
     }
@@ -190,6 +190,8 @@ struct Panel<'a> {
     lines: Vec<Line>,
     /// A dashed horizontal line (1.0 on ratio panels) and its legend label.
     reference: Option<(f64, &'a str)>,
+    /// The legend in the upper right corner instead of the lower right.
+    legend_top: bool,
 }
 
 fn draw(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &Panel) -> anyhow::Result<()> {
@@ -275,7 +277,11 @@ fn draw(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &Panel) -> anyhow::Result<
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(if p.legend_top {
+            SeriesLabelPosition::UpperRight
+        } else {
+            SeriesLabelPosition::LowerRight
+        })
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .draw()?;
@@ -348,6 +354,7 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 y_desc: "Gbit/s",
                 lines: tp.iter().enumerate().map(|(i, x)| line_of(x, i)).collect(),
                 reference: None,
+                legend_top: false,
             }];
             let ratio: Vec<&Series> = s
                 .series
@@ -362,6 +369,7 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                     y_desc: "ratio to direct",
                     lines: ratio.iter().map(|x| line_of(x, 0)).collect(),
                     reference: Some((1.0, "direct = 1.0")),
+                    legend_top: false,
                 });
             }
             let p = dir.join(format!("{}_throughput_vs_pairs.svg", slug(&s.name)));
@@ -369,7 +377,11 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             out.push(p);
         }
         // Every round of one pair count: how much the machine's noise moved each side.
-        let by_round: Vec<&Series> = s.series.iter().filter(|x| x.x_label == "round").collect();
+        let by_round: Vec<&Series> = s
+            .series
+            .iter()
+            .filter(|x| x.x_label == "round" && x.y_label != "ratio")
+            .collect();
         let mut names: Vec<&str> = by_round.iter().map(|x| x.name.as_str()).collect();
         names.dedup();
         for n in names {
@@ -386,6 +398,7 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                     .map(|(i, x)| line_of(x, i))
                     .collect(),
                 reference: None,
+                legend_top: false,
             }];
             let proxy = lines.iter().find(|x| x.target == "proxy");
             let direct = lines.iter().find(|x| x.target == "direct");
@@ -413,10 +426,48 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                         },
                     ],
                     reference: Some((1.0, "direct = 1.0")),
+                    legend_top: false,
                 });
             }
             let p = dir.join(format!("{}_{}.svg", slug(&s.name), slug(n)));
             write_svg(&p, &panels)?;
+            out.push(p);
+        }
+        // Several proxies' ratios to direct, round by round, in one figure (`peers`).
+        let ratios: Vec<&Series> = s
+            .series
+            .iter()
+            .filter(|x| x.x_label == "round" && x.y_label == "ratio")
+            .collect();
+        let mut names: Vec<&str> = ratios.iter().map(|x| x.name.as_str()).collect();
+        names.dedup();
+        for n in names {
+            let title = format!("{}: {n}, each round", s.name);
+            let p = dir.join(format!("{}_{}.svg", slug(&s.name), slug(n)));
+            let lines = ratios
+                .iter()
+                .filter(|x| x.name == n)
+                .enumerate()
+                .map(|(i, x)| {
+                    let med = median(&x.points.iter().map(|p| p.1).collect::<Vec<_>>());
+                    Line {
+                        name: format!("{} (median {med:.2}x)", x.target),
+                        ..line_of(x, i)
+                    }
+                })
+                .collect();
+            write_svg(
+                &p,
+                &[Panel {
+                    title: &title,
+                    x: Axis::Count,
+                    x_desc: "round (direct, then each proxy)",
+                    y_desc: "ratio to direct",
+                    lines,
+                    reference: Some((1.0, "direct = 1.0")),
+                    legend_top: true,
+                }],
+            )?;
             out.push(p);
         }
         // Other series (idle's RSS over time).
@@ -441,6 +492,7 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                         .map(|(i, x)| line_of(x, i))
                         .collect(),
                     reference: None,
+                    legend_top: false,
                 }],
             )?;
             out.push(p);
@@ -469,6 +521,7 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                         })
                         .collect(),
                     reference: None,
+                    legend_top: false,
                 }],
             )?;
             out.push(p);

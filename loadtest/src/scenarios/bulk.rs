@@ -65,7 +65,7 @@ pub fn run_one(
                 handles.push(s.spawn(move || {
                     receive(&mut rr, &back, &mut Vec::new(), true, &pbr).map(|r| Some(r.done))
                 }));
-            } else {
+            } else if target.takes_half_close() {
                 let _ = tw.shutdown(std::net::Shutdown::Write);
             }
         }

@@ -4,6 +4,7 @@
 pub mod bulk;
 pub mod idle;
 pub mod mixed;
+pub mod peers;
 pub mod setup;
 
 use crate::pairs::{Pair, Target};
