@@ -10,8 +10,10 @@ use std::path::PathBuf;
     version,
     about = "Load generator for the streamhost XEP-0065 proxy: SOCKS5 on both halves, \
              activation over XMPP, every byte verified, figures as ratios to direct TCP.",
-    after_help = "With no command, runs `quick`: spawns the proxy with the embedded XMPP \
-                  server, a short mixed load, then bulk with 1 pair, each against direct TCP."
+    after_help = "With no command, runs `quick`: spawns the proxy (the `streamhost` binary next \
+                  to this one) with the embedded XMPP server, runs a short mixed load and one-pair \
+                  bulk rounds alternating with direct TCP, and prints medians, their range and \
+                  the CPU per GB each side used (about a minute on 2 cores)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -34,40 +36,64 @@ pub struct Common {
     /// Relay engine of the spawned proxy.
     #[arg(long, global = true, value_parser = ["copy", "splice", "uring-splice"], conflicts_with = "proxy")]
     pub engine: Option<String>,
-    /// Worker threads of the spawned proxy.
-    #[arg(long, global = true, conflicts_with = "proxy")]
+    /// Worker threads of the spawned proxy [default: one per core].
+    #[arg(long, global = true, value_name = "N", conflicts_with = "proxy")]
     pub workers: Option<usize>,
-    /// CPUs of the spawned (or in-process) proxy's workers, e.g. `0-3`: its `worker_cpus`,
-    /// and one worker per CPU unless --workers says otherwise. (`std::vec::Vec` spelled out:
-    /// clap would take a bare `Vec` for a repeatable flag.)
+    /// CPUs of the spawned (or in-process) proxy's workers, e.g. `0-3` or `0,2,4`: its
+    /// `worker_cpus`, and one worker per CPU unless --workers says otherwise.
+    // The type is written `std::vec::Vec` on purpose: clap's derive reads a bare
+    // `Option<Vec<_>>` as a repeatable flag, while this is one flag parsed into a list.
     #[arg(long, global = true, value_name = "LIST", value_parser = streamhost::affinity::parse_cpu_list, conflicts_with = "proxy")]
     pub proxy_cpus: Option<std::vec::Vec<usize>>,
     /// CPUs this generator (senders, receivers, checkers, the embedded XMPP server) runs
     /// on, e.g. `4-15`: with --proxy-cpus, clients and proxy on separate cores.
+    // `std::vec::Vec`: see --proxy-cpus.
     #[arg(long, global = true, value_name = "LIST", value_parser = streamhost::affinity::parse_cpu_list)]
     pub client_cpus: Option<std::vec::Vec<usize>>,
-    /// relay.buffer_size of the spawned proxy (e.g. 64KiB, 1MiB).
-    #[arg(long, global = true, value_parser = parse_size, conflicts_with = "proxy")]
+    /// Bytes per receive buffer of the spawned proxy's copy engine (its relay.buffer_size),
+    /// e.g. 64KiB, 1MiB.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size, conflicts_with = "proxy")]
     pub buffer_size: Option<u64>,
     /// How activations reach the proxy: `embedded` (this program is the XMPP server the
     /// proxy's component connects to) or `component:HOST:PORT:JID:SECRET` (connect to a
     /// real XMPP server as component JID and send the activations from there), or
     /// `in-process` (run streamhost's data plane inside this process and activate through
     /// its API: no XMPP, no spawn; the generator and the proxy then share the cores).
-    #[arg(long, global = true, default_value = "embedded", value_parser = parse_xmpp)]
+    #[arg(long, global = true, value_name = "MODE", default_value = "embedded", value_parser = parse_xmpp)]
     pub xmpp: XmppMode,
     /// Where the embedded XMPP server listens (an external proxy must be configured with it).
-    #[arg(long, global = true, default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:0"
+    )]
     pub xmpp_listen: SocketAddr,
     /// The proxy's component JID.
-    #[arg(long, global = true, default_value = "proxy.localhost")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "JID",
+        default_value = "proxy.localhost"
+    )]
     pub proxy_jid: String,
     /// The proxy's component secret (embedded server and spawned proxy).
     #[arg(long, global = true, default_value = "streamhost-loadtest")]
     pub secret: String,
     /// Domain of the requester/target JIDs with the embedded server.
-    #[arg(long, global = true, default_value = "localhost")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DOMAIN",
+        default_value = "localhost"
+    )]
     pub domain: String,
+    /// Rounds per measurement: direct, proxy, direct, proxy, ... Each figure is the median
+    /// over the rounds and each ratio the median of the rounds' own ratios, shown with their
+    /// range; more rounds steady the figures on busy machines. [default: 3; quick: 81 for
+    /// bulk, 2 for mixed]
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub rounds: Option<u64>,
     /// Skip the direct-TCP baseline (figures then have no ratio).
     #[arg(long, global = true)]
     pub no_baseline: bool,
@@ -75,10 +101,10 @@ pub struct Common {
     #[arg(long, global = true, value_name = "DIR")]
     pub report: Option<PathBuf>,
     /// Overall time limit in seconds; no new work starts after it.
-    #[arg(long, global = true, default_value_t = 600)]
+    #[arg(long, global = true, value_name = "S", default_value_t = 600)]
     pub time_limit: u64,
     /// Seconds a data socket may block before the run fails as stalled.
-    #[arg(long, global = true, default_value_t = 30)]
+    #[arg(long, global = true, value_name = "S", default_value_t = 30)]
     pub io_timeout: u64,
     /// Seed of the data patterns and of the mixed schedule.
     #[arg(long, global = true, default_value_t = 1)]
@@ -144,10 +170,31 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} too large"))
 }
 
+/// What `quick` runs; `quick --help` shows the defaults.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct QuickArgs {
+    /// Bytes of each bulk round (one pair, one way).
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub bytes: u64,
+    /// Seconds of mixed load per round and target.
+    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    pub mixed_seconds: f64,
+}
+
+impl Default for QuickArgs {
+    fn default() -> Self {
+        QuickArgs {
+            bytes: 256 << 20,
+            mixed_seconds: 2.0,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum Cmd {
-    /// The main preset: short mixed load plus bulk with 1 pair, each against direct TCP.
-    Quick,
+    /// The main preset (the default): a short mixed load, then bulk with one pair in
+    /// alternating rounds against direct TCP, with the CPU each side used.
+    Quick(QuickArgs),
     /// P pairs x B bytes; aggregate and per-pair Gbit/s.
     Bulk(BulkArgs),
     /// The bulk sender/receiver over plain loopback TCP only: the physical baseline.
@@ -158,13 +205,21 @@ pub enum Cmd {
     Idle(IdleArgs),
     /// Open-loop Poisson arrivals with heavy-tailed sizes; goodput and latency.
     Mixed(MixedArgs),
+    /// streamhost beside other XEP-0065 proxies installed here (Prosody's mod_proxy65), the
+    /// same bulk transfers interleaved with direct TCP; missing ones are named and skipped.
+    Peers(PeersArgs),
     /// Compare two report.json files (ratio B/A per figure).
-    Compare { a: PathBuf, b: PathBuf },
+    Compare {
+        /// The report.json taken as reference.
+        a: PathBuf,
+        /// The report.json compared with it.
+        b: PathBuf,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct BulkArgs {
-    /// Pair counts to run, e.g. 1,2,4,8 (one run each: throughput vs pairs).
+    /// Pair counts to run, e.g. 1,2,4,8 (each in every round: throughput vs pairs).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub pairs: Vec<usize>,
     /// Bytes per pair and direction.
@@ -176,11 +231,24 @@ pub struct BulkArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct PeersArgs {
+    /// Pair counts to run, e.g. 1,8 (each in every round).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub pairs: Vec<usize>,
+    /// Bytes per pair and round.
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub bytes: u64,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct SetupArgs {
+    /// Pairs to set up (per round and target).
     #[arg(long, default_value_t = 2000)]
     pub count: usize,
+    /// Setups in progress at once (one thread each).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Bytes each pair carries once set up, checked on arrival.
     #[arg(long, value_parser = parse_size, default_value = "1KiB")]
     pub payload: u64,
 }
@@ -193,6 +261,7 @@ pub struct IdleArgs {
     /// Seconds to hold them.
     #[arg(long, default_value_t = 10)]
     pub hold: u64,
+    /// Threads setting the pairs up.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
 }
@@ -211,10 +280,13 @@ pub struct MixedArgs {
     /// Lognormal sigma: 2 gives many small transfers and a few huge ones.
     #[arg(long, default_value_t = 2.0)]
     pub sigma: f64,
+    /// Smallest transfer (smaller draws are raised to it).
     #[arg(long, value_parser = parse_size, default_value = "512")]
     pub min: u64,
+    /// Largest transfer (larger draws are cut to it).
     #[arg(long, value_parser = parse_size, default_value = "256MiB")]
     pub max: u64,
+    /// Transfers in flight at most; arrivals beyond it wait, and their latency counts the wait.
     #[arg(long, default_value_t = 128)]
     pub max_inflight: usize,
 }

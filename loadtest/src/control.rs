@@ -44,6 +44,11 @@ pub struct Control {
     /// Domain of the requester and target JIDs.
     pub domain: String,
     pub timeout: Duration,
+    /// Behave as the most conservative client, for proxies that need it (Prosody's
+    /// mod_proxy65): the SOCKS5 greeting alone, then the request after its reply (instead
+    /// of both in one write), and no half-close of a direction that carries nothing (it
+    /// closes both ends on either one's FIN).
+    pub conservative: bool,
 }
 
 impl Control {
@@ -55,6 +60,7 @@ impl Control {
             },
             domain: domain.to_string(),
             timeout: Duration::from_secs(10),
+            conservative: false,
         }
     }
 
@@ -63,6 +69,7 @@ impl Control {
             channel: Channel::InProcess(handle),
             domain: domain.to_string(),
             timeout: Duration::from_secs(10),
+            conservative: false,
         }
     }
 

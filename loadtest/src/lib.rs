@@ -6,6 +6,7 @@ pub mod cli;
 pub mod control;
 pub mod pairs;
 pub mod pattern;
+pub mod peers;
 pub mod procstat;
 pub mod proxy_proc;
 pub mod report;

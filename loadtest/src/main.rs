@@ -1,12 +1,12 @@
 use clap::Parser;
 use std::process::ExitCode;
-use streamhost_loadtest::cli::{Cli, Cmd};
+use streamhost_loadtest::cli::{Cli, Cmd, QuickArgs};
 use streamhost_loadtest::report::{compare, table};
 use streamhost_loadtest::runner;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cmd = cli.cmd.unwrap_or(Cmd::Quick);
+    let cmd = cli.cmd.unwrap_or(Cmd::Quick(QuickArgs::default()));
     if let Cmd::Compare { a, b } = &cmd {
         return match (compare::load(a), compare::load(b)) {
             (Ok(a), Ok(b)) => {

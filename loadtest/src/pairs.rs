@@ -22,6 +22,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// Whether a direction that carries nothing may be half-closed (its FIN relayed).
+    pub fn takes_half_close(&self) -> bool {
+        match self {
+            Target::Direct => true,
+            Target::Proxy { control, .. } => !control.conservative,
+        }
+    }
+
     pub fn is_direct(&self) -> bool {
         matches!(self, Target::Direct)
     }
@@ -111,9 +119,10 @@ pub fn setup(target: &Target, tag: &str, id: u64) -> anyhow::Result<Pair> {
         Target::Proxy { addr, control } => {
             let ids = PairIds::new(tag, id, &control.domain);
             let key = ids.key();
-            let t = socks5_client::connect(*addr, &key, STEP_TIMEOUT)
+            let piped = !control.conservative;
+            let t = socks5_client::connect_with(*addr, &key, STEP_TIMEOUT, piped)
                 .map_err(|e| anyhow::anyhow!("pair {id} target half: {e}"))?;
-            let r = socks5_client::connect(*addr, &key, STEP_TIMEOUT)
+            let r = socks5_client::connect_with(*addr, &key, STEP_TIMEOUT, piped)
                 .map_err(|e| anyhow::anyhow!("pair {id} requester half: {e}"))?;
             let handshaken = Instant::now();
             control

@@ -4,9 +4,10 @@
 use crate::cli::{Cmd, Common, XmppMode};
 use crate::control::Control;
 use crate::pairs::{run_tag, Target};
+use crate::peers::Peer;
 use crate::proxy_proc::{default_bin, ProxyProcess, SpawnOptions};
 use crate::report::model::{Env, Report, ScenarioReport};
-use crate::scenarios::{bulk, idle, mixed, setup, Ctx};
+use crate::scenarios::{bulk, idle, mixed, peers, setup, Ctx};
 use crate::xmpp::{component, embedded::EmbeddedServer};
 use crate::{report, sys};
 use std::sync::Arc;
@@ -22,6 +23,16 @@ pub struct Harness {
 }
 
 const READY: Duration = Duration::from_secs(15);
+
+/// Rounds per measurement unless --rounds says otherwise (`quick` has its own).
+pub const DEFAULT_ROUNDS: usize = 3;
+
+/// `quick`'s bulk rounds: enough for its median ratio to repeat within a few hundredths
+/// from run to run on a busy 2-core machine.
+pub const QUICK_BULK_ROUNDS: usize = 81;
+
+/// `quick`'s mixed rounds (its goodput follows the arrival schedule; latencies add up).
+pub const QUICK_MIXED_ROUNDS: usize = 2;
 
 impl Harness {
     /// Sets up the proxy side unless `direct_only`, then keeps this generator's load
@@ -57,6 +68,7 @@ impl Harness {
             deadline: Instant::now() + Duration::from_secs(c.time_limit),
             proxy_pid: None,
             tag: run_tag(),
+            rounds: c.rounds.map_or(DEFAULT_ROUNDS, |r| r as usize),
         };
         if direct_only {
             env.proxy = "none (direct only)".into();
@@ -234,33 +246,48 @@ pub fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
         ..Default::default()
     };
     let steps: Vec<Step> = match cmd.clone() {
-        Cmd::Quick => vec![
-            Box::new(|ctx| {
-                mixed::run(
-                    ctx,
-                    &mixed::MixedParams {
-                        rate: 100.0,
-                        duration: Duration::from_secs(4),
-                        median: 16 << 10,
-                        sigma: 2.0,
-                        min: 512,
-                        max: 64 << 20,
-                        max_inflight: 64,
-                    },
-                )
-            }),
-            Box::new(|ctx| {
-                bulk::run(
-                    ctx,
-                    &bulk::BulkParams {
-                        pairs: vec![1],
-                        bytes: 2 << 30,
-                        both_ways: false,
-                    },
-                    "bulk",
-                )
-            }),
-        ],
+        Cmd::Quick(q) => {
+            let (mixed_rounds, bulk_rounds) = match c.rounds {
+                Some(r) => (r as usize, r as usize),
+                None => (QUICK_MIXED_ROUNDS, QUICK_BULK_ROUNDS),
+            };
+            let q2 = q.clone();
+            vec![
+                Box::new(move |ctx: &Ctx| {
+                    let ctx = Ctx {
+                        rounds: mixed_rounds,
+                        ..ctx.clone()
+                    };
+                    mixed::run(
+                        &ctx,
+                        &mixed::MixedParams {
+                            rate: 100.0,
+                            duration: Duration::from_secs_f64(q.mixed_seconds.max(0.1)),
+                            median: 16 << 10,
+                            sigma: 2.0,
+                            min: 512,
+                            max: 64 << 20,
+                            max_inflight: 64,
+                        },
+                    )
+                }),
+                Box::new(move |ctx: &Ctx| {
+                    let ctx = Ctx {
+                        rounds: bulk_rounds,
+                        ..ctx.clone()
+                    };
+                    bulk::run(
+                        &ctx,
+                        &bulk::BulkParams {
+                            pairs: vec![1],
+                            bytes: q2.bytes,
+                            both_ways: false,
+                        },
+                        "bulk",
+                    )
+                }),
+            ]
+        }
         Cmd::Bulk(a) | Cmd::Direct(a) => {
             let name = if direct_only { "direct" } else { "bulk" };
             vec![Box::new(move |ctx| {
@@ -309,6 +336,48 @@ pub fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
                 },
             )
         })],
+        Cmd::Peers(a) => {
+            let secret = c.secret.clone();
+            vec![Box::new(move |ctx: &Ctx| {
+                let mut peers = Vec::new();
+                if let Some(t) = &ctx.proxy {
+                    peers.push(Peer {
+                        name: "streamhost".into(),
+                        target: t.clone(),
+                        pid: ctx.proxy_pid,
+                    });
+                }
+                let mut skipped = crate::peers::missing_lines();
+                // Kept alive until the scenario ends; stopped on drop.
+                let prosody = if crate::peers::installed("prosody") {
+                    match crate::peers::Prosody::spawn(&secret, READY) {
+                        Ok(p) => {
+                            peers.push(p.peer(&secret, READY)?);
+                            Some(p)
+                        }
+                        Err(e) => {
+                            skipped.push(format!("prosody mod_proxy65: skipped, {e:#}"));
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                let rep = peers::run(
+                    ctx,
+                    &peers,
+                    &skipped,
+                    &bulk::BulkParams {
+                        pairs: a.pairs.clone(),
+                        bytes: a.bytes,
+                        both_ways: false,
+                    },
+                );
+                drop(peers);
+                drop(prosody);
+                rep
+            })]
+        }
         Cmd::Compare { .. } => anyhow::bail!("compare runs no load"),
     };
     for step in steps {

@@ -19,11 +19,27 @@ pub fn request_bytes(key: &StreamKey) -> Vec<u8> {
 /// Connects to the proxy and completes the handshake for `key`. The stream is left in
 /// blocking mode with TCP_NODELAY set.
 pub fn connect(proxy: SocketAddr, key: &StreamKey, timeout: Duration) -> anyhow::Result<TcpStream> {
+    connect_with(proxy, key, timeout, true)
+}
+
+/// As [`connect`]; `pipelined = false` waits for the method reply before sending the
+/// request, for proxies that read the greeting as one packet (Prosody's mod_proxy65).
+pub fn connect_with(
+    proxy: SocketAddr,
+    key: &StreamKey,
+    timeout: Duration,
+    pipelined: bool,
+) -> anyhow::Result<TcpStream> {
     let mut s = TcpStream::connect_timeout(&proxy, timeout)
         .map_err(|e| anyhow::anyhow!("connect to proxy {proxy}: {e}"))?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(timeout))?;
-    handshake(&mut s, key).map_err(|e| anyhow::anyhow!("SOCKS5 handshake for {key}: {e}"))?;
+    let r = if pipelined {
+        handshake(&mut s, key)
+    } else {
+        handshake_stepwise(&mut s, key)
+    };
+    r.map_err(|e| anyhow::anyhow!("SOCKS5 handshake for {key}: {e}"))?;
     s.set_read_timeout(None)?;
     Ok(s)
 }
@@ -31,6 +47,13 @@ pub fn connect(proxy: SocketAddr, key: &StreamKey, timeout: Duration) -> anyhow:
 /// Runs the handshake on an open stream.
 pub fn handshake(s: &mut TcpStream, key: &StreamKey) -> anyhow::Result<()> {
     s.write_all(&request_bytes(key))?;
+    replies(s, key)
+}
+
+/// The greeting, its reply, then the request: one round trip more.
+pub fn handshake_stepwise(s: &mut TcpStream, key: &StreamKey) -> anyhow::Result<()> {
+    let m = request_bytes(key);
+    s.write_all(&m[..3])?;
     let mut method = [0u8; 2];
     s.read_exact(&mut method)?;
     anyhow::ensure!(
@@ -38,6 +61,22 @@ pub fn handshake(s: &mut TcpStream, key: &StreamKey) -> anyhow::Result<()> {
         "greeting refused: reply {:02x?}",
         method
     );
+    s.write_all(&m[3..])?;
+    request_reply(s, key)
+}
+
+fn replies(s: &mut TcpStream, key: &StreamKey) -> anyhow::Result<()> {
+    let mut method = [0u8; 2];
+    s.read_exact(&mut method)?;
+    anyhow::ensure!(
+        method == [0x05, 0x00],
+        "greeting refused: reply {:02x?}",
+        method
+    );
+    request_reply(s, key)
+}
+
+fn request_reply(s: &mut TcpStream, key: &StreamKey) -> anyhow::Result<()> {
     let mut head = [0u8; 4];
     s.read_exact(&mut head)?;
     anyhow::ensure!(head[0] == 0x05, "reply version {:#04x}", head[0]);

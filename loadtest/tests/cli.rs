@@ -66,10 +66,12 @@ fn proxy_that_does_not_start_is_reported() {
 
 #[test]
 fn external_proxy_with_embedded_xmpp_end_to_end() {
-    let xmpp_port = streamhost_loadtest::proxy_proc::free_port().unwrap();
-    let xmpp: std::net::SocketAddr = ([127, 0, 0, 1], xmpp_port).into();
+    // The SOCKS5 listener first: a port picked while it is bound cannot be its port (the
+    // other order let both get the same one now and then).
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let socks = listener.local_addr().unwrap();
+    let xmpp_port = streamhost_loadtest::proxy_proc::free_port().unwrap();
+    let xmpp: std::net::SocketAddr = ([127, 0, 0, 1], xmpp_port).into();
     // The test proxy's component connects once the generator's embedded server is up.
     let _proxy = std::thread::spawn(move || {
         let p = support::MiniProxy::start_on(

@@ -38,6 +38,7 @@ fn rig(fault: Fault) -> Rig {
         deadline: Instant::now() + Duration::from_secs(60),
         proxy_pid: Some(std::process::id()),
         tag: run_tag(),
+        rounds: 2,
     };
     Rig {
         _server: server,
@@ -121,8 +122,16 @@ fn bulk_both_ways_through_the_proxy_with_baseline() {
         .find(|f| f.name == "aggregate, 3 pairs")
         .unwrap();
     assert!(agg.value > 0.0 && agg.direct.unwrap() > 0.0 && agg.ratio.is_some());
-    assert_eq!(rep.series.len(), 2);
-    assert_eq!(rep.series[0].points.len(), 2);
+    // Two alternating rounds: the ratio is the median of theirs, within their range.
+    assert_eq!(agg.rounds, Some(2));
+    let [lo, hi] = agg.ratio_range.unwrap();
+    assert!(lo <= agg.ratio.unwrap() && agg.ratio.unwrap() <= hi);
+    // Direct and proxy against pairs, and their ratio.
+    let pairs: Vec<_> = rep.series.iter().filter(|s| s.x_label == "pairs").collect();
+    assert_eq!(pairs.len(), 3);
+    assert!(pairs
+        .iter()
+        .all(|s| s.points.len() == 2 && s.ranges.len() == 2));
 }
 
 #[test]
@@ -143,7 +152,9 @@ fn setup_mixed_and_idle_through_the_proxy() {
         .iter()
         .find(|l| l.name == "done" && l.target == "proxy")
         .unwrap();
-    assert_eq!(done.count, 40);
+    // 40 setups in each of the two rounds.
+    assert_eq!(done.count, 80);
+    assert_eq!(s.figures[0].rounds, Some(2));
     assert!(done.p50_us <= done.p99_us && done.p99_us <= done.max_us);
 
     let m = mixed::run(

@@ -35,6 +35,9 @@ pub struct ScenarioReport {
     pub figures: Vec<Figure>,
     pub latencies: Vec<Latency>,
     pub series: Vec<Series>,
+    /// Plain sentences printed under the scenario's table (e.g. what the CPU figures mean).
+    #[serde(default)]
+    pub notes: Vec<String>,
     pub wall_s: f64,
 }
 
@@ -45,9 +48,19 @@ pub struct Figure {
     pub unit: String,
     pub value: f64,
     pub direct: Option<f64>,
-    /// value / direct.
+    /// value / direct; with rounds, the median of the rounds' own ratios.
     pub ratio: Option<f64>,
     pub higher_is_better: bool,
+    /// Alternating rounds (direct, proxy, direct, proxy, ...) the figure is the median of;
+    /// absent for a single measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<usize>,
+    /// Lowest and highest value over the rounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_range: Option<[f64; 2]>,
+    /// Lowest and highest ratio over the rounds (each round's proxy over its own direct).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_range: Option<[f64; 2]>,
 }
 
 impl Figure {
@@ -59,7 +72,38 @@ impl Figure {
             direct: None,
             ratio: None,
             higher_is_better,
+            rounds: None,
+            value_range: None,
+            ratio_range: None,
         }
+    }
+
+    /// The median of per-round values, and with a direct value per round, the median and
+    /// range of the per-round ratios (round i's proxy over round i's direct).
+    pub fn from_rounds(
+        name: &str,
+        unit: &str,
+        values: &[f64],
+        direct: Option<&[f64]>,
+        higher_is_better: bool,
+    ) -> Self {
+        let mut f = Figure::new(name, unit, median(values), higher_is_better);
+        f.rounds = Some(values.len());
+        f.value_range = range(values);
+        if let Some(d) = direct.filter(|d| d.len() == values.len() && !d.is_empty()) {
+            f.direct = Some(median(d));
+            let ratios: Vec<f64> = values
+                .iter()
+                .zip(d)
+                .filter(|(_, d)| **d > 0.0)
+                .map(|(v, d)| v / d)
+                .collect();
+            if !ratios.is_empty() {
+                f.ratio = Some(median(&ratios));
+                f.ratio_range = range(&ratios);
+            }
+        }
+        f
     }
 
     pub fn with_direct(mut self, direct: Option<f64>) -> Self {
@@ -117,6 +161,9 @@ pub struct Series {
     pub x_label: String,
     pub y_label: String,
     pub points: Vec<(f64, f64)>,
+    /// Per point, the lowest and highest y over the rounds (empty: single measurements).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<(f64, f64)>,
 }
 
 /// A histogram of microseconds, 1 us to 10 min, 3 significant digits.
@@ -127,6 +174,24 @@ pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
 pub fn record(h: &mut hdrhistogram::Histogram<u64>, d: Duration) {
     let us = (d.as_micros() as u64).clamp(1, 600_000_000);
     h.record(us).expect("value within bounds");
+}
+
+/// The median (the mean of the middle two for an even count); 0 for none.
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// Lowest and highest value; `None` for none.
+pub fn range(v: &[f64]) -> Option<[f64; 2]> {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo <= hi).then_some([lo, hi])
 }
 
 pub fn gbps(bytes: u64, d: Duration) -> f64 {
@@ -145,6 +210,28 @@ mod tests {
             Figure::new("x", "", 1.0, true).with_direct(None).ratio,
             None
         );
+    }
+
+    #[test]
+    fn rounds_give_median_and_range_of_per_round_ratios() {
+        // Round 2's direct is slow: its ratio is high, but it is one of three.
+        let f = Figure::from_rounds(
+            "x",
+            "Gbit/s",
+            &[10.0, 10.0, 9.0],
+            Some(&[20.0, 10.0, 18.0]),
+            true,
+        );
+        assert_eq!(f.value, 10.0);
+        assert_eq!(f.direct, Some(18.0));
+        assert_eq!(f.ratio, Some(0.5));
+        assert_eq!(f.ratio_range, Some([0.5, 1.0]));
+        assert_eq!(f.value_range, Some([9.0, 10.0]));
+        assert_eq!(f.rounds, Some(3));
+        assert_eq!(median(&[1.0, 4.0, 2.0, 3.0]), 2.5);
+        assert_eq!(range(&[]), None);
+        let alone = Figure::from_rounds("x", "", &[1.0, 3.0], None, true);
+        assert_eq!((alone.value, alone.ratio), (2.0, None));
     }
 
     #[test]

@@ -15,10 +15,16 @@ pub fn num(v: f64) -> String {
     }
 }
 
-fn ratio(f: &Figure) -> String {
-    f.ratio
-        .map(|r| format!("{r:.2}x"))
-        .unwrap_or_else(|| "-".into())
+/// `0.62x`, or with rounds the median and the range of the rounds' ratios:
+/// `0.62x (0.55-0.70)`.
+pub fn ratio(f: &Figure) -> String {
+    match (f.ratio, f.ratio_range) {
+        (Some(r), Some([lo, hi])) if f.rounds.unwrap_or(1) > 1 => {
+            format!("{r:.2}x ({lo:.2}-{hi:.2})")
+        }
+        (Some(r), _) => format!("{r:.2}x"),
+        (None, _) => "-".into(),
+    }
 }
 
 fn rows(report: &Report, md: bool) -> String {
@@ -35,7 +41,7 @@ fn rows(report: &Report, md: bool) -> String {
             );
             let _ = writeln!(
                 o,
-                "| figure | proxy | direct | ratio | unit |\n|---|---:|---:|---:|---|"
+                "| figure | proxy | direct | ratio (range over rounds) | unit |\n|---|---:|---:|---:|---|"
             );
         } else {
             let _ = writeln!(
@@ -47,8 +53,8 @@ fn rows(report: &Report, md: bool) -> String {
             );
             let _ = writeln!(
                 o,
-                "  {:<34} {:>12} {:>12} {:>8}  unit",
-                "figure", "value", "direct", "ratio"
+                "  {:<34} {:>12} {:>12} {:>20}  unit",
+                "figure", "value", "direct", "ratio (range)"
             );
         }
         for f in &s.figures {
@@ -66,13 +72,22 @@ fn rows(report: &Report, md: bool) -> String {
             } else {
                 let _ = writeln!(
                     o,
-                    "  {:<34} {:>12} {:>12} {:>8}  {}",
+                    "  {:<34} {:>12} {:>12} {:>20}  {}",
                     f.name,
                     num(f.value),
                     d,
                     ratio(f),
                     f.unit
                 );
+            }
+        }
+        for n in &s.notes {
+            if md {
+                let _ = writeln!(o, "\n{n}");
+            } else {
+                for line in wrap(n, 88) {
+                    let _ = writeln!(o, "  {line}");
+                }
             }
         }
         if !s.latencies.is_empty() {
@@ -115,6 +130,23 @@ fn rows(report: &Report, md: bool) -> String {
         }
     }
     o
+}
+
+/// Splits a sentence into lines of at most `width` characters (longer words stay whole).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for w in text.split_whitespace() {
+        let cur = lines.last_mut().expect("one line");
+        if !cur.is_empty() && cur.len() + 1 + w.len() > width {
+            lines.push(w.to_string());
+        } else {
+            if !cur.is_empty() {
+                cur.push(' ');
+            }
+            cur.push_str(w);
+        }
+    }
+    lines
 }
 
 fn env_lines(r: &Report) -> Vec<String> {

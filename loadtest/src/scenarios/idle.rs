@@ -139,6 +139,7 @@ pub fn run(ctx: &Ctx, p: &IdleParams) -> anyhow::Result<ScenarioReport> {
             false,
         ));
         rep.series.push(Series {
+            ranges: Vec::new(),
             name: "proxy RSS while idle".into(),
             target: "proxy".into(),
             x_label: "s".into(),

@@ -5,7 +5,8 @@
 
 use super::{progress, Ctx};
 use crate::pairs::{next_pair_id, setup, Target};
-use crate::report::model::{gbps, new_histogram, record, Figure, Latency, ScenarioReport};
+use crate::procstat::{CpuMark, CpuUsed};
+use crate::report::model::{gbps, median, new_histogram, record, Figure, Latency, ScenarioReport};
 use crate::transfer::{receive, send, Leg};
 use hdrhistogram::Histogram;
 use rand::SeedableRng;
@@ -56,6 +57,31 @@ pub struct MixedRun {
     pub done: Histogram<u64>,
     pub small_done: Histogram<u64>,
     pub setup: Histogram<u64>,
+    /// CPU used by the clients and the proxy process during the run.
+    pub cpu: CpuUsed,
+}
+
+impl MixedRun {
+    /// The rounds of one target together: latencies added up, the median goodput.
+    fn merge(v: &[MixedRun]) -> MixedRun {
+        let mut m = MixedRun {
+            transfers: 0,
+            bytes: 0,
+            goodput_gbps: median(&v.iter().map(|r| r.goodput_gbps).collect::<Vec<_>>()),
+            done: new_histogram(),
+            small_done: new_histogram(),
+            setup: new_histogram(),
+            cpu: CpuUsed::default(),
+        };
+        for r in v {
+            m.transfers += r.transfers;
+            m.bytes += r.bytes;
+            m.done.add(&r.done).expect("same bounds");
+            m.small_done.add(&r.small_done).expect("same bounds");
+            m.setup.add(&r.setup).expect("same bounds");
+        }
+        m
+    }
 }
 
 /// A counting semaphore on transfers in flight.
@@ -163,6 +189,7 @@ pub fn run_one(
         done,
         small_done,
         setup: setup_h,
+        cpu: CpuUsed::default(),
     })
 }
 
@@ -190,20 +217,47 @@ pub fn run(ctx: &Ctx, p: &MixedParams) -> anyhow::Result<ScenarioReport> {
         ],
         ..Default::default()
     };
-    let mut runs = Vec::new();
-    for t in ctx.targets() {
-        runs.push((t.label(), run_one(ctx, &t, &sched, p)?));
+    let rounds = ctx.rounds.max(1);
+    rep.params.push(("rounds".into(), rounds.to_string()));
+    // Direct first, then the proxy, alternating; latencies add up over the rounds.
+    let targets = ctx.round_targets();
+    let mut runs: Vec<(&str, Vec<MixedRun>)> =
+        targets.iter().map(|t| (t.label(), Vec::new())).collect();
+    for _ in 0..rounds {
+        for (t, (_, v)) in targets.iter().zip(runs.iter_mut()) {
+            let cpu = CpuMark::now(ctx.proxy_pid);
+            let mut r = run_one(ctx, t, &sched, p)?;
+            r.cpu = cpu.used();
+            v.push(r);
+        }
     }
-    let direct = runs
-        .iter()
-        .skip(1)
-        .find(|(l, _)| *l == "direct")
-        .map(|(_, r)| r);
-    let main = &runs[0].1;
-    rep.figures.push(
-        Figure::new("goodput", "Gbit/s", main.goodput_gbps, true)
-            .with_direct(direct.map(|d| d.goodput_gbps)),
-    );
+    let goodput = |v: &[MixedRun]| v.iter().map(|r| r.goodput_gbps).collect::<Vec<_>>();
+    let (main_label, main) = runs.last().expect("at least one target");
+    let direct = (runs.len() > 1).then(|| &runs[0].1);
+    rep.figures.push(Figure::from_rounds(
+        "goodput",
+        "Gbit/s",
+        &goodput(main),
+        direct.map(|d| goodput(d)).as_deref(),
+        true,
+    ));
+    // Per GB carried, setups and XMPP included: small transfers make it far higher than bulk's.
+    let gb = |v: &[MixedRun]| v.iter().map(|r| r.bytes as f64).sum::<f64>() / 1e9;
+    let clients = |v: &[MixedRun]| v.iter().map(|r| r.cpu.clients).sum::<f64>() / gb(v);
+    let mut f = Figure::new("clients CPU", "core-s/GB", clients(main), false)
+        .with_direct(direct.map(|d| clients(d)));
+    f.rounds = Some(rounds);
+    rep.figures.push(f);
+    let proxy: Option<f64> = main.iter().map(|r| r.cpu.proxy).sum();
+    if let Some(pc) = proxy.filter(|_| *main_label == "proxy") {
+        let mut f = Figure::new("proxy CPU", "core-s/GB", pc / gb(main), false);
+        f.rounds = Some(rounds);
+        rep.figures.push(f);
+    }
+    let merged: Vec<(&str, MixedRun)> =
+        runs.iter().map(|(l, v)| (*l, MixedRun::merge(v))).collect();
+    let main = &merged.last().expect("at least one target").1;
+    let direct = (merged.len() > 1).then(|| &merged[0].1);
     let hs: [(&str, Pick); 3] = [
         ("done", |r| &r.done),
         ("done (<= 64 KiB)", |r| &r.small_done),
@@ -217,7 +271,8 @@ pub fn run(ctx: &Ctx, p: &MixedParams) -> anyhow::Result<ScenarioReport> {
                     .with_direct(direct.map(v)),
             );
         }
-        for (label, r) in &runs {
+        // The proxy's line first in tables and plots.
+        for (label, r) in merged.iter().rev() {
             if h(r).is_empty() {
                 continue;
             }

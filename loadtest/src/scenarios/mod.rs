@@ -4,6 +4,7 @@
 pub mod bulk;
 pub mod idle;
 pub mod mixed;
+pub mod peers;
 pub mod setup;
 
 use crate::pairs::{Pair, Target};
@@ -25,6 +26,9 @@ pub struct Ctx {
     /// The spawned proxy's pid, for /proc figures.
     pub proxy_pid: Option<u32>,
     pub tag: String,
+    /// Alternating rounds (direct, proxy, direct, proxy, ...) per measurement; ratios are
+    /// medians of the rounds' own ratios.
+    pub rounds: usize,
 }
 
 impl Ctx {
@@ -37,6 +41,15 @@ impl Ctx {
         if self.baseline || self.proxy.is_none() {
             v.push(Target::Direct);
         }
+        v
+    }
+
+    /// The targets of one round in the order they run: direct first, then the proxy, so
+    /// that rounds alternate direct, proxy, direct, proxy. Each proxy run's ratio is taken
+    /// against the direct run just before it.
+    pub fn round_targets(&self) -> Vec<Target> {
+        let mut v = self.targets();
+        v.reverse();
         v
     }
 

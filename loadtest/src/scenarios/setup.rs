@@ -3,7 +3,7 @@
 
 use super::{progress, Ctx};
 use crate::pairs::{next_pair_id, setup, Target};
-use crate::report::model::{new_histogram, record, Figure, Latency, ScenarioReport};
+use crate::report::model::{median, new_histogram, record, Figure, Latency, ScenarioReport};
 use crate::transfer::{receive, send, Leg};
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +21,28 @@ pub struct SetupRun {
     pub done: usize,
     pub per_sec: f64,
     pub hist: [Histogram<u64>; 4],
+}
+
+impl SetupRun {
+    /// The rounds of one target together: latencies added up.
+    fn merge(v: &[SetupRun]) -> SetupRun {
+        let mut hist = [
+            new_histogram(),
+            new_histogram(),
+            new_histogram(),
+            new_histogram(),
+        ];
+        for r in v {
+            for (a, b) in hist.iter_mut().zip(&r.hist) {
+                a.add(b).expect("same bounds");
+            }
+        }
+        SetupRun {
+            done: v.iter().map(|r| r.done).sum(),
+            per_sec: median(&v.iter().map(|r| r.per_sec).collect::<Vec<_>>()),
+            hist,
+        }
+    }
 }
 
 pub const STEPS: [&str; 4] = ["handshake", "activation", "first byte", "done"];
@@ -98,19 +120,38 @@ pub fn run(ctx: &Ctx, p: &SetupParams) -> anyhow::Result<ScenarioReport> {
         ],
         ..Default::default()
     };
-    let mut runs = Vec::new();
-    for t in ctx.targets() {
-        runs.push((t.label(), run_one(ctx, &t, p)?));
+    let rounds = ctx.rounds.max(1);
+    rep.params.push(("rounds".into(), rounds.to_string()));
+    // Direct first, then the proxy, alternating; latencies add up over the rounds.
+    let targets = ctx.round_targets();
+    let mut per_round: Vec<Vec<SetupRun>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (t, v) in targets.iter().zip(per_round.iter_mut()) {
+            v.push(run_one(ctx, t, p)?);
+        }
     }
+    let rate = |v: &[SetupRun]| v.iter().map(|r| r.per_sec).collect::<Vec<_>>();
+    let direct_rates = (targets.len() > 1).then(|| rate(&per_round[0]));
+    rep.figures.push(Figure::from_rounds(
+        "setups",
+        "1/s",
+        &rate(per_round.last().expect("a target")),
+        direct_rates.as_deref(),
+        true,
+    ));
+    // The proxy first in the latency tables.
+    let runs: Vec<(&str, SetupRun)> = targets
+        .iter()
+        .zip(&per_round)
+        .rev()
+        .map(|(t, v)| (t.label(), SetupRun::merge(v)))
+        .collect();
     let direct = runs
         .iter()
         .skip(1)
         .find(|(l, _)| *l == "direct")
         .map(|(_, r)| r);
     let main = &runs[0].1;
-    rep.figures.push(
-        Figure::new("setups", "1/s", main.per_sec, true).with_direct(direct.map(|d| d.per_sec)),
-    );
     for (i, step) in STEPS.iter().enumerate() {
         let q = |r: &SetupRun, x: f64| r.hist[i].value_at_quantile(x) as f64;
         // Direct TCP has no activation step: no baseline for it.

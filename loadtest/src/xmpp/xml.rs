@@ -1,7 +1,9 @@
-//! Just enough XML for XEP-0114: a stream header and whole top-level stanzas, read from a
-//! byte stream that may split them anywhere. No namespaces processing, no DTDs.
+//! XEP-0114 framing on quick-xml: the stream header and whole top-level stanzas, read from
+//! a byte stream that may split them anywhere. Well-formedness (matching end tags, quoting,
+//! entities) is quick-xml's; this file only groups its events into stanzas. No DTDs.
 
-use std::io::Read;
+use quick_xml::events::{BytesStart, Event};
+use std::io::{BufReader, Read};
 
 /// One element with its attributes, children and concatenated text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,36 +25,29 @@ impl Element {
     pub fn child(&self, name: &str) -> Option<&Element> {
         self.children.iter().find(|c| c.name == name)
     }
-}
 
-/// Escapes text or an attribute value.
-pub fn escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            '\'' => o.push_str("&apos;"),
-            '"' => o.push_str("&quot;"),
-            c => o.push(c),
+    fn from_start(e: &BytesStart) -> anyhow::Result<Element> {
+        let mut el = Element {
+            name: String::from_utf8(e.name().as_ref().to_vec())?,
+            ..Default::default()
+        };
+        for a in e.attributes() {
+            let a = a?;
+            el.attrs.push((
+                String::from_utf8(a.key.as_ref().to_vec())?,
+                a.unescape_value()?.into_owned(),
+            ));
         }
+        Ok(el)
     }
-    o
 }
 
-fn unescape(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_string();
-    }
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&apos;", "'")
-        .replace("&quot;", "\"")
-        .replace("&amp;", "&")
+/// Escapes text or an attribute value (`<`, `>`, `&`, `'`, `"`).
+pub fn escape(s: &str) -> String {
+    quick_xml::escape::escape(s).into_owned()
 }
 
-/// What the parser found at the front of the buffer.
+/// What the reader found next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Item {
     /// `<stream:stream ...>` (its children are the stanzas that follow).
@@ -62,211 +57,123 @@ pub enum Item {
     Stanza(Element),
 }
 
-type Parse<T> = Result<Option<(T, usize)>, String>;
+/// Largest stanza (bytes read from the socket while it is incomplete).
+const MAX_STANZA: u64 = 1 << 20;
 
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && b[i].is_ascii_whitespace() {
-        i += 1;
-    }
-    i
+/// Counts what the XML reader takes from the socket; refuses to go past the limit.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
 }
 
-fn find(b: &[u8], from: usize, pat: &[u8]) -> Option<usize> {
-    b.get(from..)?
-        .windows(pat.len())
-        .position(|w| w == pat)
-        .map(|p| from + p)
-}
-
-fn is_name_byte(c: u8) -> bool {
-    !(c.is_ascii_whitespace() || c == b'>' || c == b'/' || c == b'=' || c == b'<')
-}
-
-/// Parses a start tag at `b[i] == '<'`: (element without children, end index, self-closed).
-fn start_tag(b: &[u8], i: usize) -> Parse<(Element, bool)> {
-    let mut j = i + 1;
-    let ns = j;
-    while j < b.len() && is_name_byte(b[j]) {
-        j += 1;
-    }
-    if j >= b.len() {
-        return Ok(None);
-    }
-    let mut el = Element {
-        name: String::from_utf8_lossy(&b[ns..j]).into_owned(),
-        ..Default::default()
-    };
-    if el.name.is_empty() {
-        return Err("empty element name".into());
-    }
-    loop {
-        j = skip_ws(b, j);
-        match b.get(j) {
-            None => return Ok(None),
-            Some(b'>') => return Ok(Some(((el, false), j + 1))),
-            Some(b'/') => {
-                return match b.get(j + 1) {
-                    None => Ok(None),
-                    Some(b'>') => Ok(Some(((el, true), j + 2))),
-                    Some(_) => Err(format!("stray '/' in <{}>", el.name)),
-                }
-            }
-            Some(_) => {
-                let ks = j;
-                while j < b.len() && is_name_byte(b[j]) {
-                    j += 1;
-                }
-                let key = String::from_utf8_lossy(&b[ks..j]).into_owned();
-                j = skip_ws(b, j);
-                match b.get(j) {
-                    None => return Ok(None),
-                    Some(b'=') => {}
-                    Some(_) => return Err(format!("attribute {key} without value")),
-                }
-                j = skip_ws(b, j + 1);
-                let q = match b.get(j) {
-                    None => return Ok(None),
-                    Some(&q @ (b'\'' | b'"')) => q,
-                    Some(_) => return Err(format!("attribute {key} value not quoted")),
-                };
-                let Some(end) = b[j + 1..].iter().position(|&c| c == q) else {
-                    return Ok(None);
-                };
-                let v = String::from_utf8_lossy(&b[j + 1..j + 1 + end]);
-                el.attrs.push((key, unescape(&v)));
-                j = j + 1 + end + 1;
-            }
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("stanza larger than 1 MiB"));
         }
+        let n = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let got = self.inner.read(&mut buf[..n])?;
+        self.left -= got as u64;
+        Ok(got)
     }
 }
 
-/// Parses a whole element starting at `b[i] == '<'`.
-fn element(b: &[u8], i: usize, depth: usize) -> Parse<Element> {
-    if depth > 32 {
-        return Err("elements nested too deep".into());
-    }
-    let Some(((mut el, closed), mut j)) = start_tag(b, i)? else {
-        return Ok(None);
-    };
-    if closed {
-        return Ok(Some((el, j)));
-    }
-    loop {
-        let Some(lt) = b[j..].iter().position(|&c| c == b'<').map(|p| j + p) else {
-            return Ok(None);
-        };
-        el.text
-            .push_str(&unescape(&String::from_utf8_lossy(&b[j..lt])));
-        if b.get(lt + 1) == Some(&b'/') {
-            let Some(gt) = find(b, lt, b">") else {
-                return Ok(None);
-            };
-            let name = String::from_utf8_lossy(&b[lt + 2..gt]);
-            if name.trim() != el.name {
-                return Err(format!("</{}> closes <{}>", name.trim(), el.name));
-            }
-            return Ok(Some((el, gt + 1)));
-        }
-        if b.get(lt + 1).is_none() {
-            return Ok(None);
-        }
-        let Some((child, k)) = element(b, lt, depth + 1)? else {
-            return Ok(None);
-        };
-        el.children.push(child);
-        j = k;
-    }
-}
-
-/// Parses the next item at the front of `b`; `Ok(None)` when more bytes are needed.
-pub fn next_item(b: &[u8]) -> Parse<Item> {
-    let mut i = 0;
-    loop {
-        i = skip_ws(b, i);
-        if i >= b.len() {
-            return Ok(None);
-        }
-        if b[i] != b'<' {
-            // Whitespace keep-alives and stray text between stanzas are ignored.
-            match b[i..].iter().position(|&c| c == b'<') {
-                Some(p) => i += p,
-                None => return Ok(None),
-            }
-            continue;
-        }
-        if b.len() < i + 2 {
-            return Ok(None);
-        }
-        if b[i + 1] == b'?' {
-            let Some(e) = find(b, i, b"?>") else {
-                return Ok(None);
-            };
-            i = e + 2;
-            continue;
-        }
-        if b[i..].starts_with(b"<!--") {
-            let Some(e) = find(b, i, b"-->") else {
-                return Ok(None);
-            };
-            i = e + 3;
-            continue;
-        }
-        if b[i + 1] == b'/' {
-            let Some(gt) = find(b, i, b">") else {
-                return Ok(None);
-            };
-            let name = String::from_utf8_lossy(&b[i + 2..gt]).trim().to_string();
-            if name == "stream:stream" {
-                return Ok(Some((Item::StreamEnd, gt + 1)));
-            }
-            return Err(format!("unexpected </{name}>"));
-        }
-        if b[i..].starts_with(b"<stream:stream") {
-            let Some(((el, _), j)) = start_tag(b, i)? else {
-                return Ok(None);
-            };
-            return Ok(Some((Item::StreamStart(el), j)));
-        }
-        return Ok(element(b, i, 0)?.map(|(e, j)| (Item::Stanza(e), j)));
-    }
-}
+/// Capacity of the read buffer: what may already sit in it when a stanza starts.
+const READ_BUF: usize = 16 << 10;
 
 /// Reads items from a byte stream.
 pub struct Reader<R> {
-    inner: R,
+    xml: quick_xml::Reader<BufReader<Bounded<R>>>,
     buf: Vec<u8>,
+    /// The stanza being read: its element and its open descendants.
+    open: Vec<Element>,
 }
 
 impl<R: Read> Reader<R> {
     pub fn new(inner: R) -> Self {
-        Reader {
+        let bounded = Bounded {
             inner,
+            left: MAX_STANZA,
+        };
+        let mut xml = quick_xml::Reader::from_reader(BufReader::with_capacity(READ_BUF, bounded));
+        // The stream's own end tag closes the header read earlier: quick-xml checks it.
+        xml.config_mut().check_end_names = true;
+        Reader {
+            xml,
             buf: Vec::new(),
+            open: Vec::new(),
         }
     }
 
     /// The next item; `Ok(None)` at a clean end of the byte stream.
     pub fn next_item(&mut self) -> anyhow::Result<Option<Item>> {
         loop {
-            if let Some((item, used)) = next_item(&self.buf).map_err(anyhow::Error::msg)? {
-                self.buf.drain(..used);
-                return Ok(Some(item));
-            }
-            anyhow::ensure!(self.buf.len() < 1 << 20, "stanza larger than 1 MiB");
-            let mut tmp = [0u8; 16384];
-            let n = self.inner.read(&mut tmp)?;
-            if n == 0 {
-                if self.buf.iter().all(|c| c.is_ascii_whitespace()) {
+            self.buf.clear();
+            let ev = self.xml.read_event_into(&mut self.buf)?;
+            let done = match ev {
+                Event::Start(e) => {
+                    let el = Element::from_start(&e)?;
+                    if self.open.is_empty() && el.name == "stream:stream" {
+                        Some(Item::StreamStart(el))
+                    } else {
+                        self.open.push(el);
+                        None
+                    }
+                }
+                Event::Empty(e) => {
+                    let el = Element::from_start(&e)?;
+                    match self.open.last_mut() {
+                        Some(parent) => {
+                            parent.children.push(el);
+                            None
+                        }
+                        None => Some(Item::Stanza(el)),
+                    }
+                }
+                Event::End(e) => match self.open.pop() {
+                    Some(el) => match self.open.last_mut() {
+                        Some(parent) => {
+                            parent.children.push(el);
+                            None
+                        }
+                        None => Some(Item::Stanza(el)),
+                    },
+                    None if e.name().as_ref() == b"stream:stream" => Some(Item::StreamEnd),
+                    None => anyhow::bail!(
+                        "unexpected </{}>",
+                        String::from_utf8_lossy(e.name().as_ref())
+                    ),
+                },
+                Event::Text(t) => {
+                    // Between stanzas: whitespace keep-alives, ignored.
+                    if let Some(el) = self.open.last_mut() {
+                        el.text.push_str(&t.unescape()?);
+                    }
+                    None
+                }
+                Event::CData(t) => {
+                    if let Some(el) = self.open.last_mut() {
+                        el.text.push_str(&t.decode()?);
+                    }
+                    None
+                }
+                Event::Decl(_) | Event::PI(_) | Event::Comment(_) => None,
+                Event::DocType(_) => anyhow::bail!("a DTD in an XMPP stream"),
+                Event::Eof => {
+                    anyhow::ensure!(self.open.is_empty(), "stream ended inside a stanza");
                     return Ok(None);
                 }
-                anyhow::bail!("stream ended inside a stanza");
+            };
+            if let Some(item) = done {
+                // A new stanza may take up to the limit, beyond what is already buffered.
+                self.xml.get_mut().get_mut().left = MAX_STANZA;
+                return Ok(Some(item));
             }
-            self.buf.extend_from_slice(&tmp[..n]);
         }
     }
 
     pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
+        &mut self.xml.get_mut().get_mut().inner
     }
 }
 
@@ -280,8 +187,25 @@ mod tests {
         <error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
         <text>a &amp; b</text></error></iq></stream:stream>";
 
+    /// Hands out the chunks one read at a time, as a socket might.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some(mut c) = self.0.pop_front() else {
+                return Ok(0);
+            };
+            let n = c.len().min(buf.len());
+            buf[..n].copy_from_slice(&c[..n]);
+            if n < c.len() {
+                self.0.push_front(c.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
     fn all_items(chunks: &[&[u8]]) -> Vec<Item> {
-        let mut r = Reader::new(std::io::Cursor::new(chunks.concat()));
+        let mut r = Reader::new(Chunks(chunks.iter().map(|c| c.to_vec()).collect()));
         let mut out = Vec::new();
         while let Some(i) = r.next_item().unwrap() {
             out.push(i);
@@ -313,29 +237,47 @@ mod tests {
         let whole = all_items(&[INPUT.as_bytes()]);
         let b = INPUT.as_bytes();
         for cut in 1..b.len() {
-            let mut buf = b[..cut].to_vec();
-            let mut got = Vec::new();
-            while let Some((item, used)) = next_item(&buf).unwrap() {
-                got.push(item);
-                buf.drain(..used);
-            }
-            buf.extend_from_slice(&b[cut..]);
-            while let Some((item, used)) = next_item(&buf).unwrap() {
-                got.push(item);
-                buf.drain(..used);
-            }
-            assert_eq!(got, whole, "cut at {cut}");
+            assert_eq!(all_items(&[&b[..cut], &b[cut..]]), whole, "cut at {cut}");
+        }
+        // One byte per read.
+        let bytes: Vec<&[u8]> = b.chunks(1).collect();
+        assert_eq!(all_items(&bytes), whole);
+    }
+
+    #[test]
+    fn malformed_input_is_an_error() {
+        for bad in [
+            &b"<a><b></a>"[..],
+            b"<a x=1/>",
+            b"<!DOCTYPE a><a/>",
+            b"</iq>",
+            b"<iq><query>",
+        ] {
+            let mut r = Reader::new(std::io::Cursor::new(bad.to_vec()));
+            let got = (0..4)
+                .map(|_| r.next_item())
+                .find(|x| !matches!(x, Ok(Some(_))));
+            assert!(
+                matches!(got, Some(Err(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
-    fn mismatched_close_is_an_error() {
-        assert!(next_item(b"<a><b></a>").is_err());
+    fn a_stanza_over_the_limit_is_refused() {
+        let mut big = b"<stream:stream><message><body>".to_vec();
+        big.resize(big.len() + 2 * MAX_STANZA as usize, b'a');
+        let mut r = Reader::new(std::io::Cursor::new(big));
+        assert!(matches!(r.next_item(), Ok(Some(Item::StreamStart(_)))));
+        let e = r.next_item().unwrap_err().to_string();
+        assert!(e.contains("1 MiB"), "{e}");
     }
 
     #[test]
     fn escape_roundtrips() {
         let s = "a<b>&'\"";
-        assert_eq!(unescape(&escape(s)), s);
+        assert_eq!(quick_xml::escape::unescape(&escape(s)).unwrap(), s);
     }
 }
