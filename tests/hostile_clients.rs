@@ -61,14 +61,16 @@ fn a_dribbled_handshake_is_closed_at_handshake_timeout() {
 fn at_the_descriptor_limit_metrics_answer_and_a_pair_still_sets_up() {
     use common::scrape;
     use std::net::{SocketAddr, TcpListener};
-    let free = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (socks, metrics) = (free(), free());
+    // Both held while chosen, so that they differ.
+    let (a, b) = (
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    let (socks, metrics) = (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    );
+    drop((a, b));
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("streamhost.toml");
     std::fs::write(

@@ -48,12 +48,16 @@ impl Proxy {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free loopback ports (both held while chosen, so they differ).
+fn two_free_ports() -> (u16, u16) {
+    let (a, b) = (
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 fn spawn_proxy(dir: &std::path::Path, prosody: &Prosody, socks: u16, metrics: u16) -> Proxy {
@@ -209,7 +213,7 @@ fn deep_and_huge_stanzas_are_dropped_and_the_proxy_keeps_relaying() {
         "component_stanza_size_limit = 64 * 1024 * 1024",
     );
     let dir = tempfile::tempdir().unwrap();
-    let (socks, metrics_port) = (free_port(), free_port());
+    let (socks, metrics_port) = two_free_ports();
     let mut proxy = spawn_proxy(dir.path(), &prosody, socks, metrics_port);
     let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
     let mut attacker =
@@ -417,7 +421,7 @@ fn garbage_reset_and_close_of_the_component_link_cost_a_reconnect_not_a_relay() 
     let prosody = Prosody::with_components(&[(PROXY_JID, SECRET), (ATTACKER, ATTACKER_SECRET)]);
     let fwd = Forwarder::start(prosody.component());
     let dir = tempfile::tempdir().unwrap();
-    let (socks, metrics_port) = (free_port(), free_port());
+    let (socks, metrics_port) = two_free_ports();
     let mut proxy = spawn_proxy_at(dir.path(), &fwd.addr.to_string(), socks, metrics_port);
     let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
     let mut attacker =
@@ -454,7 +458,7 @@ fn garbage_reset_and_close_of_the_component_link_cost_a_reconnect_not_a_relay() 
 fn a_burst_of_activations_for_unknown_keys_is_answered_item_not_found() {
     let prosody = Prosody::with_components(&[(PROXY_JID, SECRET), (ATTACKER, ATTACKER_SECRET)]);
     let dir = tempfile::tempdir().unwrap();
-    let (socks, metrics_port) = (free_port(), free_port());
+    let (socks, metrics_port) = two_free_ports();
     let mut proxy = spawn_proxy(dir.path(), &prosody, socks, metrics_port);
     let mut attacker =
         Client::component(prosody.component_port, ATTACKER, ATTACKER_SECRET).expect("login");

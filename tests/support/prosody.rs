@@ -25,11 +25,12 @@ pub struct Prosody {
     pub component_port: u16,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+/// Two distinct free loopback ports (both held while chosen, so they differ).
+fn free_ports() -> (u16, u16) {
+    let bind = || TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    let (a, b) = (bind(), bind());
+    let port = |l: &TcpListener| l.local_addr().unwrap().port();
+    (port(&a), port(&b))
 }
 
 impl Prosody {
@@ -64,12 +65,13 @@ impl Prosody {
 
     fn start_with(hosts: String, users: &[(&str, &str, &str)]) -> Prosody {
         let dir = tempfile::tempdir().expect("temp dir");
+        let (c2s_port, component_port) = free_ports();
         let mut p = Prosody {
             dir,
             child: None,
             hosts,
-            c2s_port: free_port(),
-            component_port: free_port(),
+            c2s_port,
+            component_port,
         };
         std::fs::create_dir_all(p.dir.path().join("data")).unwrap();
         std::fs::write(p.config_path(), p.config()).unwrap();
@@ -92,14 +94,16 @@ impl Prosody {
         // logs it and runs on, and the other test's server would answer on that port.
         for attempt in 0.. {
             p.launch();
-            if !p.logs().contains("Failed to open server port") {
+            let logs = p.logs();
+            if !logs.contains("Failed to open server port")
+                && !logs.contains("Multiple services configured to listen on the same port")
+            {
                 break;
             }
             assert!(attempt < 4, "prosody cannot bind its ports: {}", p.logs());
             p.stop();
             let _ = std::fs::remove_file(p.dir.path().join("prosody.log"));
-            p.c2s_port = free_port();
-            p.component_port = free_port();
+            (p.c2s_port, p.component_port) = free_ports();
             std::fs::write(p.config_path(), p.config()).unwrap();
         }
         p
