@@ -61,41 +61,7 @@ fn two_free_ports() -> (u16, u16) {
 }
 
 fn spawn_proxy(dir: &std::path::Path, prosody: &Prosody, socks: u16, metrics: u16) -> Proxy {
-    let config = dir.join("streamhost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-workers = 2
-listen = ["127.0.0.1:{socks}"]
-max_connections_per_ip = 0
-
-[metrics]
-listen = "127.0.0.1:{metrics}"
-
-[component]
-server = "{server}"
-jid = "{PROXY_JID}"
-secret = "{SECRET}"
-# The unknown-key burst comes from one account: every activation must reach the data
-# plane (with the default 16, those over it are answered resource-constraint).
-max_streams_per_jid = 0
-
-[component.access]
-allow = ["localhost", "{ATTACKER}"]
-"#,
-            server = prosody.component_addr(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("streamhost starts");
-    Proxy(child)
+    spawn_proxy_at(dir, &prosody.component_addr(), socks, metrics)
 }
 
 /// Asks the proxy for its disco#info until it answers (the component is logged in).
