@@ -386,12 +386,7 @@ pub(super) async fn serve(
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     let mut pings = 0u64;
     let mut drop_log = DropLog::default();
-    // Counts each time the bound is reached once, not every turn while it holds.
-    let mut backlogged = false;
     loop {
-        if pending.len() < MAX_IN_FLIGHT {
-            backlogged = false;
-        }
         let out = tokio::select! {
             biased;
             _ = stop.changed() => {
@@ -420,12 +415,7 @@ pub(super) async fn serve(
                     None
                 }
             }
-            // The bound is checked before reading; the arm above frees room.
-            _ = std::future::ready(()), if pending.len() >= MAX_IN_FLIGHT && !backlogged => {
-                backlogged = true;
-                stats.backlog_full.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+            // At the bound nothing is read; the `pending` arm above frees room.
             item = stream.next(), if pending.len() < MAX_IN_FLIGHT => match item {
                 None => return End::Lost("connection closed".into()),
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(st)))) => {
@@ -441,6 +431,9 @@ pub(super) async fn serve(
                         Action::Activate(a) => {
                             let t = activation.unwrap_or_else(Instant::now);
                             pending.push(activate(activator, *a, t, stats.clone(), limit));
+                            if pending.len() == MAX_IN_FLIGHT {
+                                stats.backlog_full.fetch_add(1, Ordering::Relaxed);
+                            }
                             None
                         }
                     }

@@ -260,7 +260,7 @@ impl StanzaFilter {
                         self.ended = true;
                     }
                     self.depth = self.depth.saturating_sub(1);
-                    self.maybe_complete(out, dropped);
+                    self.maybe_complete(out);
                     Lex::Text
                 } else {
                     Lex::End
@@ -287,7 +287,7 @@ impl StanzaFilter {
                     dashes: (dashes + 1).min(2),
                 },
                 b'>' if dashes >= 2 => {
-                    self.maybe_complete(out, dropped);
+                    self.maybe_complete(out);
                     Lex::Text
                 }
                 _ => Lex::Comment { dashes: 0 },
@@ -297,14 +297,14 @@ impl StanzaFilter {
                     brackets: (brackets + 1).min(2),
                 },
                 b'>' if brackets >= 2 => {
-                    self.maybe_complete(out, dropped);
+                    self.maybe_complete(out);
                     Lex::Text
                 }
                 _ => Lex::CData { brackets: 0 },
             },
             Lex::Pi { question } => {
                 if b == b'>' && question {
-                    self.maybe_complete(out, dropped);
+                    self.maybe_complete(out);
                     Lex::Text
                 } else {
                     Lex::Pi {
@@ -334,14 +334,14 @@ impl StanzaFilter {
             }
         }
         if self_closing {
-            self.maybe_complete(out, dropped);
+            self.maybe_complete(out);
         } else {
             self.depth += 1;
         }
     }
 
     /// Ends the held construct if the lexer is back at the top level.
-    fn maybe_complete(&mut self, out: &mut Vec<u8>, _dropped: &mut Vec<Dropped>) {
+    fn maybe_complete(&mut self, out: &mut Vec<u8>) {
         if !self.holding || self.depth > 1 {
             return;
         }
