@@ -4,23 +4,11 @@
 mod common;
 
 use common::*;
-use socket2::{Domain, Socket, Type};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use streamhost::config::Engine;
 use streamhost::Refusal;
-
-/// Connects from a chosen loopback source address.
-fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.connect(&to.into()).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s
-}
 
 /// True if the proxy closed the connection without a byte (refused at accept).
 fn refused_at_accept(s: &mut TcpStream) -> bool {

@@ -8,10 +8,10 @@
 mod common;
 mod support;
 
+use common::connect_from;
 use common::exposition::Exposition;
 use common::scrape::get;
 use sha1::{Digest, Sha1};
-use socket2::{Domain, Socket, Type};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -103,16 +103,6 @@ fn socks_rep(proxy: SocketAddr, key: &str) -> (TcpStream, u8) {
     let mut rep = [0u8; 1];
     s.read_exact(&mut rep).unwrap();
     (s, rep[0])
-}
-
-fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.connect(&to.into()).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
 }
 
 /// Connects from `src` and sends a greeting: true if the proxy answered it (admitted and

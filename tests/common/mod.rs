@@ -66,6 +66,17 @@ pub fn try_half(addr: SocketAddr, key: &StreamKey) -> io::Result<(TcpStream, u8)
     Ok((s, head[1]))
 }
 
+/// Connects from a chosen loopback source address (for the per-source limits).
+pub fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.connect(&to.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
 pub fn half(addr: SocketAddr, key: &StreamKey) -> TcpStream {
     let (s, rep) = try_half(addr, key).expect("handshake");
     assert_eq!(rep, 0, "placed");

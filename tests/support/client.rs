@@ -98,21 +98,26 @@ fn bad(msg: impl Into<String>) -> io::Error {
 }
 
 impl Client {
-    /// Logs `user@domain` in over plaintext c2s on 127.0.0.1:`port`.
-    pub fn login(port: u16, user: &str, domain: &str, password: &str) -> io::Result<Client> {
+    /// A TCP connection to 127.0.0.1:`port` with a reader on it, before any stream.
+    fn connect(port: u16, jid: String, component: bool) -> io::Result<Client> {
         let s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.set_nodelay(true)?;
         let mut r = Reader::from_reader(BufReader::new(s.try_clone()?));
         r.config_mut().check_end_names = false;
-        let mut c = Client {
+        Ok(Client {
             w: s,
             r,
             buf: Vec::new(),
-            jid: String::new(),
+            jid,
             next_id: 0,
-            component: false,
-        };
+            component,
+        })
+    }
+
+    /// Logs `user@domain` in over plaintext c2s on 127.0.0.1:`port`.
+    pub fn login(port: u16, user: &str, domain: &str, password: &str) -> io::Result<Client> {
+        let mut c = Client::connect(port, String::new(), false)?;
         c.open(domain)?;
         let f = c.read_element()?;
         let plain = f
@@ -148,19 +153,7 @@ impl Client {
     /// beside the proxy, which can address it like any XMPP sender).
     pub fn component(port: u16, jid: &str, secret: &str) -> io::Result<Client> {
         use sha1::{Digest, Sha1};
-        let s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_nodelay(true)?;
-        let mut r = Reader::from_reader(BufReader::new(s.try_clone()?));
-        r.config_mut().check_end_names = false;
-        let mut c = Client {
-            w: s,
-            r,
-            buf: Vec::new(),
-            jid: jid.to_string(),
-            next_id: 0,
-            component: true,
-        };
+        let mut c = Client::connect(port, jid.to_string(), true)?;
         c.send(&format!(
             "<?xml version='1.0'?><stream:stream to='{jid}' \
              xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>"
