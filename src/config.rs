@@ -83,6 +83,9 @@ pub struct Config {
     pub idle_timeout: u64,
     /// Seconds running relays get to finish after SIGTERM before they are cut.
     pub drain_timeout: u64,
+    /// Unix socket on which this process hands its listeners and pending connections to
+    /// a new one started with `--takeover` (README "Upgrades"); unset = no handover.
+    pub handover_socket: Option<std::path::PathBuf>,
     /// Require SOCKS5 username/password (RFC 1929) when present.
     pub socks5_auth: Option<Socks5Auth>,
     pub relay: RelayConfig,
@@ -148,6 +151,7 @@ impl Default for Config {
             activation_timeout: 60,
             idle_timeout: 900,
             drain_timeout: 300,
+            handover_socket: None,
             socks5_auth: None,
             relay: RelayConfig::default(),
             shaping: Default::default(),

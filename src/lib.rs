@@ -9,6 +9,7 @@ pub mod allocator;
 mod async_thread;
 pub mod config;
 pub mod control;
+pub mod handover;
 pub mod key;
 pub mod limits;
 pub mod metrics;

@@ -223,6 +223,21 @@ impl IpLimiter {
         Ok(())
     }
 
+    /// Counts a connection from `src` that was admitted elsewhere (handed over by an old
+    /// process during an upgrade), without refusing it.
+    pub fn count(&self, src: Source) {
+        for key in [src.host()].into_iter().chain(src.prefixes()) {
+            let mut map = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(key)
+                .or_insert(Entry {
+                    open: 0,
+                    tokens: 0.0,
+                    last: Instant::now(),
+                })
+                .open += 1;
+        }
+    }
+
     /// A connection admitted for `src` closed.
     pub fn release(&self, src: Source) {
         for key in [src.host()].into_iter().chain(src.prefixes()) {

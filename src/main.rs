@@ -33,6 +33,11 @@ struct Cli {
     /// Log format: human or json.
     #[arg(long, default_value = "human")]
     log_format: String,
+    /// Upgrade: take the listeners and every connection not yet relaying from the
+    /// process serving `handover_socket` (README "Upgrades"). Without one there, start
+    /// normally.
+    #[arg(long)]
+    takeover: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -66,7 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config, cli.config.clone()) {
+    match run(config, cli.config.clone(), cli.takeover) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("streamhost: {e}");
@@ -93,14 +98,49 @@ fn load(cli: &Cli) -> Result<Config, streamhost::config::ConfigError> {
     Ok(c)
 }
 
-/// Runs until SIGTERM/SIGINT (graceful drain; a second one cuts it short). SIGHUP
-/// reloads the config file: access lists and connection limits change live.
-fn run(config: Config, path: Option<PathBuf>) -> std::io::Result<()> {
+/// What wakes the main thread.
+enum Event {
+    Signal(i32),
+    /// A new process connected to the handover socket.
+    Takeover(streamhost::handover::socket::Channel),
+}
+
+/// How long a new process's component may take to log in before the old one leaves
+/// the server anyway (a server that refuses a second login, e.g. Prosody's default).
+const LOGIN_HANDOVER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs until SIGTERM/SIGINT (graceful drain; a second one cuts it short) or until a new
+/// process takes over (then the same drain). SIGHUP reloads the config file: access lists
+/// and connection limits change live.
+fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     use std::sync::Arc;
+    use streamhost::handover::{give, take};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let sig_handle = signals.handle();
+    let (events, rx) = std::sync::mpsc::channel::<Event>();
     let engine = config.relay.engine;
-    let handle = Arc::new(Server::start(config.clone())?);
+    let mut taken = match (takeover, &config.handover_socket) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(std::io::Error::other(
+                "--takeover needs handover_socket in the config",
+            ))
+        }
+        (true, Some(p)) => match take::take(p) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "no process to take over from; starting on my own");
+                None
+            }
+        },
+    };
+    let (listeners, conns) = taken.as_mut().map(|t| t.state()).unwrap_or_default();
+    let handle = Arc::new(Server::start_with(config.clone(), listeners)?);
+    if taken.is_some() {
+        tracing::info!(connections = conns.len(), "took over from the old process");
+    }
+    handle.adopt(conns);
     tracing::info!(
         addrs = ?handle.local_addrs(),
         workers = handle.workers(),
@@ -120,38 +160,107 @@ fn run(config: Config, path: Option<PathBuf>) -> std::io::Result<()> {
             None
         }
     };
-    let metrics = match config.metrics.listen {
-        Some(addr) => Some(streamhost::metrics::serve(
-            addr,
-            handle.clone(),
-            control.as_ref().map(|c| c.status()),
-        )?),
+    if let Some(t) = taken {
+        let status = control.as_ref().map(|c| c.status());
+        t.serve(control.as_ref().map(|c| c.injector()), move || {
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < end {
+                if status
+                    .as_ref()
+                    .is_none_or(|s| s.state() == streamhost::control::ConnState::Connected)
+                {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            false
+        })?;
+    }
+    let mut metrics = match config.metrics.listen {
+        Some(addr) => Some(serve_metrics(addr, &handle, control.as_ref())?),
         None => None,
     };
-    for sig in signals.forever() {
-        if sig == SIGHUP {
-            reload(path.as_deref(), &handle, control.as_ref());
-            continue;
+    let give_socket = match &config.handover_socket {
+        Some(p) => {
+            let ev = events.clone();
+            Some(give::GiveSocket::open(p, move |ch| {
+                let _ = ev.send(Event::Takeover(ch));
+            })?)
         }
-        tracing::info!(signal = sig, deadline_s = config.drain_timeout, "draining");
-        break;
+        None => None,
+    };
+    let ev = events.clone();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if ev.send(Event::Signal(sig)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut given = None;
+    for event in rx.iter() {
+        match event {
+            Event::Signal(SIGHUP) => reload(path.as_deref(), &handle, control.as_ref()),
+            Event::Signal(sig) => {
+                tracing::info!(signal = sig, deadline_s = config.drain_timeout, "draining");
+                break;
+            }
+            Event::Takeover(ch) => {
+                match give::give(ch, &handle, control.as_ref(), || {
+                    if let Some(m) = metrics.take() {
+                        m.stop();
+                    }
+                }) {
+                    Ok(g) => {
+                        tracing::info!(
+                            listeners = g.listeners,
+                            connections = g.conns,
+                            deadline_s = config.drain_timeout,
+                            "handed over to a new process; draining"
+                        );
+                        given = Some(g);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "handover failed");
+                        if metrics.is_none() {
+                            if let Some(addr) = config.metrics.listen {
+                                metrics = serve_metrics(addr, &handle, control.as_ref()).ok();
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
+    drop(give_socket);
     // The metrics server holds the data plane too; it goes first.
     if let Some(m) = metrics {
         m.stop();
     }
-    // Leave XMPP first, so a new process can log in as the component while relays finish.
+    // After a handover the old link stays until the new one is logged in (it forwards
+    // what it still receives meanwhile); otherwise leave XMPP first, so a new process
+    // can log in as the component while relays finish.
+    if let Some(g) = &given {
+        let _ = g.logged_in.recv_timeout(LOGIN_HANDOVER);
+    }
     if let Some(c) = control {
         c.stop();
+    }
+    if let Some(g) = given {
+        g.finish();
     }
     let Ok(handle) = Arc::try_unwrap(handle) else {
         return Err(std::io::Error::other("data plane still shared at exit"));
     };
     // A second signal during the drain cuts it short.
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (tx, second) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            let _ = tx.send(());
+        for e in rx.iter() {
+            if matches!(e, Event::Signal(s) if s != SIGHUP) {
+                let _ = tx.send(());
+                break;
+            }
         }
     });
     let deadline = config.drain_timeout();
@@ -160,7 +269,7 @@ fn run(config: Config, path: Option<PathBuf>) -> std::io::Result<()> {
         if drainer.is_finished() {
             break;
         }
-        if rx
+        if second
             .recv_timeout(std::time::Duration::from_millis(100))
             .is_ok()
         {
@@ -168,9 +277,30 @@ fn run(config: Config, path: Option<PathBuf>) -> std::io::Result<()> {
             return Ok(());
         }
     }
+    sig_handle.close();
     let cut = drainer.join().unwrap_or(0);
     tracing::info!(relays_cut = cut, "stopped");
     Ok(())
+}
+
+/// Serves `/metrics` and `/ready`. After a takeover the old process may still hold the
+/// port for a moment (it lets go before handing over), so a busy port is retried briefly.
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+    handle: &std::sync::Arc<streamhost::Handle>,
+    control: Option<&streamhost::control::ControlHandle>,
+) -> std::io::Result<streamhost::metrics::MetricsServer> {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match streamhost::metrics::serve(addr, handle.clone(), control.map(|c| c.status())) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < end =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return r,
+        }
+    }
 }
 
 fn reload(

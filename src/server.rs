@@ -1,20 +1,29 @@
 //! The public face of the data plane: start the workers, activate keys, read counters.
 
 use crate::config::Config;
+use crate::handover::wire::Carried;
 use crate::key::{KeyRouter, StreamKey};
 use crate::rendezvous::ActivationOutcome;
 use crate::shaping::Shaping;
 use crate::stats::{Stats, WorkerStats};
+use crate::worker::carry::ExportSink;
 use crate::worker::listen::bind_shards;
 use crate::worker::mailbox::{Mailbox, Msg};
 use crate::worker::{run_worker, Shared};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 pub struct Server;
+
+/// What an old process hands over (`Handle::export`).
+pub struct Exported {
+    pub listeners: Vec<OwnedFd>,
+    pub conns: Vec<(OwnedFd, Carried)>,
+}
 
 /// One worker thread's health (`Handle::worker_health`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +82,25 @@ impl Server {
     /// Validates the config, binds every listener shard and starts one worker thread per
     /// configured core. Returns once every worker's ring is up.
     pub fn start(config: Config) -> io::Result<Handle> {
+        Server::start_with(config, Vec::new())
+    }
+
+    /// Like `start`, serving `inherited` listeners (handed over by an old process during
+    /// an upgrade: `crate::handover`) on their addresses instead of binding new ones.
+    pub fn start_with(config: Config, inherited: Vec<OwnedFd>) -> io::Result<Handle> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let workers = config.worker_count();
-        let (shards, addrs) = bind_shards(&config.listen, workers, config.backlog)?;
+        let inherited = inherited
+            .into_iter()
+            .filter_map(|fd| {
+                let s = socket2::Socket::from(fd);
+                let addr = s.local_addr().ok()?.as_socket()?;
+                Some((addr, s))
+            })
+            .collect();
+        let (shards, addrs) = bind_shards(&config.listen, workers, config.backlog, inherited)?;
         let shaping = Shaping::new(&config.shaping, &config.quota)?;
         let mailboxes = (0..workers)
             .map(|_| Mailbox::new())
@@ -225,6 +248,47 @@ impl Handle {
         restart
     }
 
+    /// Upgrade handover, old side: every worker stops accepting and hands over its
+    /// listeners and every connection that is not relaying (running relays stay and go
+    /// on). Waits at most `timeout` for the workers.
+    pub fn export(&self, timeout: std::time::Duration) -> io::Result<Exported> {
+        let sink = Arc::new(ExportSink::default());
+        let n = self.shared.mailboxes.len();
+        for m in self.shared.mailboxes.iter() {
+            m.send(Msg::Export(sink.clone()));
+        }
+        if !sink.wait(n, timeout) {
+            return Err(io::Error::other("workers did not hand over in time"));
+        }
+        // Hand-offs between cores sent before a worker reported are in the mailboxes
+        // ahead of this second round.
+        for m in self.shared.mailboxes.iter() {
+            m.send(Msg::ExportSeal(sink.clone()));
+        }
+        if !sink.wait(2 * n, timeout) {
+            return Err(io::Error::other(
+                "workers did not seal the handover in time",
+            ));
+        }
+        Ok(Exported {
+            listeners: take_all(&sink.listeners),
+            conns: take_all(&sink.conns),
+        })
+    }
+
+    /// Upgrade handover, new side: connections the old process handed over. A placed
+    /// half goes to its key's owner core, a handshake to any.
+    pub fn adopt(&self, conns: Vec<(OwnedFd, Carried)>) {
+        let n = self.shared.mailboxes.len();
+        for (i, (fd, carried)) in conns.into_iter().enumerate() {
+            let to = match &carried {
+                Carried::Placed { key, .. } => self.shared.router.owner(key),
+                Carried::Handshake { .. } => i % n,
+            };
+            self.shared.mailboxes[to].send(Msg::Adopt { fd, carried });
+        }
+    }
+
     /// Counters summed over all workers.
     pub fn stats(&self) -> Stats {
         Stats::sum(&self.shared.stats)
@@ -314,4 +378,8 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn take_all<T>(v: &std::sync::Mutex<Vec<T>>) -> Vec<T> {
+    std::mem::take(&mut *v.lock().unwrap_or_else(|e| e.into_inner()))
 }

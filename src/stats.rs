@@ -121,6 +121,9 @@ pub struct WorkerStats {
     pub bytes_second_to_first: AtomicU64,
     /// hand-offs of a finished handshake to the key's owner core
     pub handoffs: AtomicU64,
+    /// connections handed to a new process by an upgrade handover / taken from an old one
+    pub handed_over: AtomicU64,
+    pub adopted: AtomicU64,
     /// relay errors other than resets (a failed syscall, no buffer)
     pub relay_errors: AtomicU64,
     /// times a relay direction waited for shaping tokens
@@ -170,6 +173,8 @@ pub struct Stats {
     pub bytes_first_to_second: u64,
     pub bytes_second_to_first: u64,
     pub handoffs: u64,
+    pub handed_over: u64,
+    pub adopted: u64,
     pub relay_errors: u64,
     pub shaping_waits: u64,
     pub relay_waits: u64,
@@ -211,6 +216,8 @@ impl Stats {
                 .bytes_second_to_first
                 .wrapping_add(w.bytes_second_to_first.load(Relaxed));
             s.handoffs = s.handoffs.wrapping_add(w.handoffs.load(Relaxed));
+            s.handed_over = s.handed_over.wrapping_add(w.handed_over.load(Relaxed));
+            s.adopted = s.adopted.wrapping_add(w.adopted.load(Relaxed));
             s.relay_errors = s.relay_errors.wrapping_add(w.relay_errors.load(Relaxed));
             s.shaping_waits = s.shaping_waits.wrapping_add(w.shaping_waits.load(Relaxed));
             s.relay_waits = s.relay_waits.wrapping_add(w.relay_waits.load(Relaxed));

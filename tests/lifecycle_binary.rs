@@ -8,72 +8,14 @@ use sha1::{Digest, Sha1};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 use support::client::{Client, El};
 use support::prosody::{Prosody, DOMAIN, PROXY_JID, SECRET};
+use support::proxy_bin::Proxy;
 use support::socks5;
 
 const BS: &str = "http://jabber.org/protocol/bytestreams";
-
-struct Proxy {
-    child: Child,
-}
-
-impl Proxy {
-    fn spawn(config: &Path) -> Proxy {
-        let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("streamhost starts");
-        Proxy { child }
-    }
-
-    /// Logs at the default level (info) into `log`.
-    fn spawn_logging(config: &Path, log: &Path) -> Proxy {
-        let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("streamhost starts");
-        Proxy { child }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    /// Waits (bounded) for the process to exit; returns whether it exited successfully.
-    fn wait_exit(&mut self, secs: u64) -> Option<bool> {
-        let end = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < end {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return Some(st.success());
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

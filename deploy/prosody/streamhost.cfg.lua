@@ -14,3 +14,6 @@
 
 Component "proxy.example.org"
     component_secret = "CHANGE-ME"
+    -- Upgrades (README "Upgrades"): the new streamhost process logs in while the old one
+    -- is still connected; the old link must give way to it, not the new one be refused.
+    component_conflict_resolve = "kick_old"

@@ -11,6 +11,7 @@ use super::backoff::Backoff;
 use super::bounded_stream::{DropCounts, REPORTS};
 use super::config::ControlSettings;
 use super::connector::NoDelayConnector;
+use super::forward::Forward;
 use super::service::{Action, Service};
 use super::stanza_bounds::Dropped;
 use super::stream_limit::StreamsPerJid;
@@ -23,7 +24,7 @@ use jid::Jid;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -76,13 +77,48 @@ impl ConnState {
 }
 
 #[derive(Debug, Default)]
-struct Shared {
+pub(super) struct Shared {
     state: AtomicU8,
     logins: AtomicU64,
     activations: Arc<ActivationStats>,
     drops: Arc<DropCounts>,
     /// Times the control thread panicked and was restarted.
     restarts: Arc<AtomicU64>,
+    /// Set during an upgrade handover: received stanzas go to the new process, and a
+    /// lost link is not re-established.
+    forward: Forward,
+    /// Activations asked of the data plane and not answered yet.
+    in_flight: AtomicUsize,
+    /// Stanzas another process's link received, to handle as if received here.
+    inject: Injected,
+}
+
+/// The inbox of forwarded stanzas: its receiver outlives reconnects and restarts.
+#[derive(Debug)]
+struct Injected {
+    tx: mpsc::UnboundedSender<String>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+}
+
+impl Default for Injected {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Injected {
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+        }
+    }
+}
+
+/// Hands stanzas (XML text) received by an old process's link to this control plane.
+#[derive(Debug, Clone)]
+pub struct Injector(mpsc::UnboundedSender<String>);
+
+impl Injector {
+    /// Queues one stanza; it is handled once the link is up.
+    pub fn inject(&self, xml: String) {
+        let _ = self.0.send(xml);
+    }
 }
 
 impl Shared {
@@ -181,9 +217,33 @@ impl ControlHandle {
         self.state() == ConnState::Connected
     }
 
+    /// Upgrade handover, old side: from now on every stanza the link receives is handed
+    /// to the returned receiver instead of being handled, and a lost link ends the
+    /// control plane instead of being re-established.
+    pub fn forward(&self) -> std::sync::mpsc::Receiver<String> {
+        self.shared.forward.start()
+    }
+
+    /// Stanzas forwarded but dropped because the queue was full.
+    pub fn forward_dropped(&self) -> u64 {
+        self.shared.forward.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Activations sent to the data plane and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Upgrade handover, new side: where the old process's stanzas go.
+    pub fn injector(&self) -> Injector {
+        Injector(self.shared.inject.tx.clone())
+    }
+
     /// Closes the stream and joins the thread.
     pub fn stop(mut self) {
         self.thread.stop();
+        // A handover's forwarder sees the end of the stanzas.
+        self.shared.forward.stop();
     }
 }
 
@@ -245,6 +305,10 @@ async fn run(
             }
             _ = stop.changed() => break,
         };
+        if shared.forward.active() {
+            // Handed over meanwhile: the new process is the component now.
+            break;
+        }
         match login {
             Ok(link) => {
                 shared.set(ConnState::Connected);
@@ -252,18 +316,20 @@ async fn run(
                 backoff.reset();
                 info!(server = %settings.server, jid = %settings.jid, "component connected");
                 let stats = &shared.activations;
-                match serve(
-                    link,
-                    &service,
-                    &*activator,
-                    &settings,
+                let ctx = Ctx {
+                    service: &service,
+                    activator: &*activator,
+                    settings: &settings,
                     stats,
-                    &limit,
-                    &mut stop,
-                )
-                .await
-                {
+                    limit: &limit,
+                    shared: &shared,
+                };
+                match serve(link, &ctx, &mut stop).await {
                     End::Stopped => break,
+                    End::Lost(why) if shared.forward.active() => {
+                        info!("component link closed after the handover: {why}");
+                        break;
+                    }
                     End::Lost(why) => {
                         warn!(server = %settings.server, "component link lost: {why}")
                     }
@@ -370,23 +436,33 @@ impl End {
 
 type Pending = Pin<Box<dyn Future<Output = Stanza> + Send>>;
 
-pub(super) async fn serve(
-    link: Link,
-    service: &Service,
-    activator: &dyn Activator,
-    settings: &ControlSettings,
-    stats: &Arc<ActivationStats>,
-    limit: &Arc<StreamsPerJid>,
-    stop: &mut watch::Receiver<bool>,
-) -> End {
+/// What serving a link needs besides the link.
+pub(super) struct Ctx<'a> {
+    pub service: &'a Service,
+    pub activator: &'a dyn Activator,
+    pub settings: &'a ControlSettings,
+    pub stats: &'a Arc<ActivationStats>,
+    pub limit: &'a Arc<StreamsPerJid>,
+    pub shared: &'a Arc<Shared>,
+}
+
+pub(super) async fn serve(link: Link, ctx: &Ctx<'_>, stop: &mut watch::Receiver<bool>) -> End {
+    let Ctx {
+        service,
+        settings,
+        shared,
+        ..
+    } = *ctx;
     let Link {
         mut stream,
         mut drops,
     } = link;
+    let mut injected = shared.inject.rx.lock().await;
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     let mut pings = 0u64;
     let mut drop_log = DropLog::default();
     loop {
+        shared.in_flight.store(pending.len(), Ordering::Release);
         let out = tokio::select! {
             biased;
             _ = stop.changed() => {
@@ -415,27 +491,24 @@ pub(super) async fn serve(
                     None
                 }
             }
+            // Stanzas an old process's link received during a handover.
+            Some(xml) = injected.recv(), if pending.len() < MAX_IN_FLIGHT => {
+                match super::forward::from_xml(&xml) {
+                    Some(st) => handle_stanza(st, ctx, &mut pending),
+                    None => {
+                        warn!("a forwarded stanza does not parse; dropped");
+                        None
+                    }
+                }
+            }
             // At the bound nothing is read; the `pending` arm above frees room.
             item = stream.next(), if pending.len() < MAX_IN_FLIGHT => match item {
                 None => return End::Lost("connection closed".into()),
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(st)))) => {
-                    let activation = is_activation(&st).then(Instant::now);
-                    match service.handle(st) {
-                        Action::Ignore => None,
-                        Action::Reply(r) => {
-                            if let Some(t) = activation {
-                                stats.record(t.elapsed(), ActivationReply::of(&r));
-                            }
-                            Some(*r)
-                        }
-                        Action::Activate(a) => {
-                            let t = activation.unwrap_or_else(Instant::now);
-                            pending.push(activate(activator, *a, t, stats.clone(), limit));
-                            if pending.len() == MAX_IN_FLIGHT {
-                                stats.backlog_full.fetch_add(1, Ordering::Relaxed);
-                            }
-                            None
-                        }
+                    // During a handover the new process handles it (and replies).
+                    match shared.forward.offer(st) {
+                        Some(st) => handle_stanza(st, ctx, &mut pending),
+                        None => None,
                     }
                 }
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
@@ -484,6 +557,33 @@ pub(super) async fn serve(
             if let Err(e) = stream.send(&XmppStreamElement::Stanza(st)).await {
                 return End::Lost(format!("send failed: {e}"));
             }
+        }
+    }
+}
+
+/// Hands a received stanza to the service: a reply to send now, or an activation added
+/// to `pending` (answered when the data plane is).
+fn handle_stanza(
+    st: Stanza,
+    ctx: &Ctx<'_>,
+    pending: &mut FuturesUnordered<Pending>,
+) -> Option<Stanza> {
+    let activation = is_activation(&st).then(Instant::now);
+    match ctx.service.handle(st) {
+        Action::Ignore => None,
+        Action::Reply(r) => {
+            if let Some(t) = activation {
+                ctx.stats.record(t.elapsed(), ActivationReply::of(&r));
+            }
+            Some(*r)
+        }
+        Action::Activate(a) => {
+            let t = activation.unwrap_or_else(Instant::now);
+            pending.push(activate(ctx.activator, *a, t, ctx.stats.clone(), ctx.limit));
+            if pending.len() == MAX_IN_FLIGHT {
+                ctx.stats.backlog_full.fetch_add(1, Ordering::Relaxed);
+            }
+            None
         }
     }
 }

@@ -14,6 +14,7 @@ mod bounded_stream;
 pub mod component;
 pub mod config;
 mod connector;
+pub mod forward;
 pub mod replay;
 pub mod service;
 #[cfg(test)]
@@ -27,7 +28,7 @@ use crate::key::StreamKey;
 use crate::rendezvous::ActivationOutcome;
 use crate::server::Handle;
 
-pub use component::{spawn, ConnState, ControlHandle, ControlStatus};
+pub use component::{spawn, ConnState, ControlHandle, ControlStatus, Injector};
 pub use config::{ControlConfig, ControlSettings};
 
 /// What the control plane needs from the data plane: start relaying a key, and report the

@@ -123,16 +123,16 @@ async fn run(mut settings: ControlSettings, input: Vec<u8>) -> io::Result<Replay
     let stats = Arc::new(ActivationStats::default());
     let limit = StreamsPerJid::new(settings.max_streams_per_jid);
     let (_stop_tx, mut stop) = tokio::sync::watch::channel(false);
-    let end = component::serve(
-        link,
-        &service,
-        &UnknownKeys,
-        &settings,
-        &stats,
-        &limit,
-        &mut stop,
-    )
-    .await;
+    let shared = Arc::new(component::Shared::default());
+    let ctx = component::Ctx {
+        service: &service,
+        activator: &UnknownKeys,
+        settings: &settings,
+        stats: &stats,
+        limit: &limit,
+        shared: &shared,
+    };
+    let end = component::serve(link, &ctx, &mut stop).await;
     let replies = server
         .await
         .map_err(|e| io::Error::other(e.to_string()))??;

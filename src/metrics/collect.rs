@@ -188,6 +188,13 @@ fn data_plane(e: &mut Enc, h: &Handle) -> fmt::Result {
         "Finished handshakes handed to the key's owner core.",
         s.handoffs,
     )?;
+    counters(
+        e,
+        "streamhost_upgrade_connections",
+        "Connections not yet relaying moved between processes by an upgrade handover.",
+        "direction",
+        [("handed_over", s.handed_over), ("adopted", s.adopted)],
+    )?;
     counter(
         e,
         "streamhost_relay_errors",

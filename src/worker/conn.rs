@@ -27,6 +27,9 @@ pub(crate) struct Conn {
     pub pending: bool,
     /// A cancel for its operations has been submitted.
     pub cancel_sent: bool,
+    /// Being handed to a new process (upgrade): completions only update what is carried,
+    /// and it leaves this worker when none is in flight (`carry.rs`).
+    pub exporting: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +54,12 @@ pub(crate) enum Phase {
 
 pub(crate) struct Hs {
     pub parser: Handshake,
+    /// Every byte read so far (`buf[..len]`), kept so that an upgrade can hand the
+    /// handshake over by replaying them.
     pub buf: [u8; HS_BUF],
+    pub len: usize,
+    /// Intermediate reply bytes sent so far, all replies together.
+    pub replied: usize,
     /// Intermediate reply being sent, and how much of it went out.
     pub out: Vec<u8>,
     pub sent: usize,

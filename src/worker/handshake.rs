@@ -54,9 +54,17 @@ impl Worker {
         self.stats().accepted.fetch_add(1, Relaxed);
         self.stats().open.fetch_add(1, Relaxed);
         set_nodelay(fd);
+        let id = self.new_handshake(fd, src);
+        self.arm_hs_recv(id);
+    }
+
+    /// Adds a connection in its handshake, with its deadline.
+    pub(super) fn new_handshake(&mut self, fd: RawFd, src: Source) -> ConnId {
         let hs = Box::new(Hs {
             parser: Handshake::new(self.shared.auth.clone()),
             buf: [0; HS_BUF],
+            len: 0,
+            replied: 0,
             out: Vec::new(),
             sent: 0,
         });
@@ -68,10 +76,11 @@ impl Worker {
             closing: None,
             pending: true,
             cancel_sent: false,
+            exporting: false,
         });
         let deadline = self.now + self.shared.config.handshake_timeout();
         self.hs_deadlines.push_back((deadline, id));
-        self.arm_hs_recv(id);
+        id
     }
 
     fn arm_hs_recv(&mut self, id: ConnId) {
@@ -81,9 +90,11 @@ impl Worker {
         let Phase::Handshake(hs) = &mut c.phase else {
             return;
         };
-        // Read the whole buffer, not just what the parser needs: bytes after the request
-        // in the same read are trailing garbage and get refused.
-        let e = opcode::Recv::new(types::Fd(c.fd), hs.buf.as_mut_ptr(), HS_BUF as u32)
+        // Read what the buffer has room for, not just what the parser needs: bytes after
+        // the request in the same read are trailing garbage and get refused. The longest
+        // handshake (greeting 257 + auth 513 + request 47) leaves room to see them.
+        let rest = &mut hs.buf[hs.len..];
+        let e = opcode::Recv::new(types::Fd(c.fd), rest.as_mut_ptr(), rest.len() as u32)
             .build()
             .user_data(token(Op::HsRecv, id.idx, id.gen));
         self.push_conn_op(id, e);
@@ -102,14 +113,32 @@ impl Worker {
         let Phase::Handshake(hs) = &mut c.phase else {
             return;
         };
-        let step = hs.parser.feed(&hs.buf[..res as usize], &mut hs.out);
+        let start = hs.len;
+        hs.len += res as usize;
+        let step = hs.parser.feed(&hs.buf[start..hs.len], &mut hs.out);
+        self.after_feed(id, step);
+    }
+
+    /// Goes on from the parser's `step`: more to read (after sending what it produced),
+    /// a refusal, or a finished handshake placed here or handed to the key's owner.
+    pub(super) fn after_feed(&mut self, id: ConnId, step: Step) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Phase::Handshake(hs) = &mut c.phase else {
+            return;
+        };
         // Replies produced but not yet sent travel with the final reply.
         let unsent_len = hs.out.len().saturating_sub(hs.sent);
         if step == Step::NeedMore {
             if unsent_len > 0 {
                 self.arm_hs_send(id);
-            } else {
+            } else if hs.len < HS_BUF {
                 self.arm_hs_recv(id);
+            } else {
+                // Cannot happen with the parser's own bounds; never spin on a full buffer.
+                self.stats().handshakes_failed.fetch_add(1, Relaxed);
+                self.close(id, CloseKind::Graceful);
             }
             return;
         }
@@ -190,6 +219,7 @@ impl Worker {
             return;
         };
         hs.sent += res as usize;
+        hs.replied += res as usize;
         if hs.sent < hs.out.len() {
             self.arm_hs_send(id);
         } else {
@@ -300,7 +330,7 @@ fn set_nodelay(fd: RawFd) {
 }
 
 /// The client's address (unspecified if the socket has none, which never limits anyone).
-fn peer_ip(fd: RawFd) -> std::net::IpAddr {
+pub(super) fn peer_ip(fd: RawFd) -> std::net::IpAddr {
     // SAFETY: the descriptor is open and owned by the caller for the duration of this call.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&fd)

@@ -31,6 +31,16 @@ pub(crate) enum Msg {
     Drain,
     /// Stop the worker: close listeners and every connection.
     Shutdown,
+    /// Upgrade handover: hand the listeners and every connection not relaying to the
+    /// sink (`carry.rs`), then relay on until told to drain.
+    Export(std::sync::Arc<super::carry::ExportSink>),
+    /// Report once more: every message sent before this one has been handled.
+    ExportSeal(std::sync::Arc<super::carry::ExportSink>),
+    /// A connection handed over by an old process.
+    Adopt {
+        fd: std::os::fd::OwnedFd,
+        carried: crate::handover::wire::Carried,
+    },
 }
 
 pub(crate) struct Mailbox {
@@ -87,7 +97,9 @@ impl Drop for Mailbox {
                     libc::close(fd);
                 },
                 Msg::Activate { done, .. } => done(ActivationOutcome::ShuttingDown),
-                Msg::Drain | Msg::Shutdown => {}
+                Msg::Drain | Msg::Shutdown | Msg::Adopt { .. } => {}
+                // Unblocks a handover waiting on this worker.
+                Msg::Export(s) | Msg::ExportSeal(s) => s.fail(),
             }
         }
         // SAFETY: the mailbox owns its eventfd.

@@ -4,6 +4,7 @@
 //! modules (`socks5`, `rendezvous`).
 
 mod bufring;
+pub(crate) mod carry;
 mod conn;
 mod handshake;
 pub(crate) mod listen;
@@ -28,7 +29,7 @@ use slab::{ConnId, Slab};
 use socket2::Socket;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,6 +105,14 @@ pub(crate) struct Worker {
     throttled: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u32, u32)>>,
     /// Guards of running relays by key, dropped when the relay ends.
     guards: std::collections::HashMap<crate::key::StreamKey, Box<dyn Send>>,
+    /// Set while an upgrade hands this worker's connections to a new process.
+    export: Option<Arc<carry::ExportSink>>,
+    /// Connections being handed over with operations still in flight.
+    exporting: usize,
+    /// Multishot accepts not yet ended while handing over.
+    accepts_live: usize,
+    /// The hand-over of this worker's share is complete and reported.
+    export_reported: bool,
 }
 
 impl Worker {
@@ -151,6 +160,10 @@ impl Worker {
             expired: Vec::new(),
             guards: Default::default(),
             throttled: Default::default(),
+            export: None,
+            exporting: 0,
+            accepts_live: 0,
+            export_reported: false,
             shared,
         })
     }
@@ -217,6 +230,10 @@ impl Worker {
                 };
                 if last {
                     c.inflight -= 1;
+                }
+                if c.exporting {
+                    self.export_completion(id, op, res);
+                    return;
                 }
                 if c.closing.is_some() {
                     let done = c.inflight == 0;
@@ -288,6 +305,16 @@ impl Worker {
     }
 
     fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {
+        if self.export.is_some() {
+            if res >= 0 {
+                // SAFETY: a fresh descriptor from accept, owned by nobody else.
+                self.export_fresh(unsafe { std::os::fd::OwnedFd::from_raw_fd(res) });
+            }
+            if !cqueue::more(flags) {
+                self.export_accept_ended();
+            }
+            return;
+        }
         if !cqueue::more(flags) && !self.stopping && !self.draining {
             if res < 0 {
                 // EMFILE and friends end the multishot; retry on the next tick, not in a spin.
@@ -392,6 +419,9 @@ impl Worker {
                 } => self.activate(key, requester.as_deref(), guard, done),
                 Msg::Drain => self.drain(),
                 Msg::Shutdown => self.stopping = true,
+                Msg::Export(sink) => self.start_export(sink),
+                Msg::ExportSeal(sink) => self.export_seal(sink),
+                Msg::Adopt { fd, carried } => self.adopt(fd, carried),
             }
         }
         self.msgs = msgs;

@@ -5,6 +5,7 @@ use super::conn::{AfterReply, CloseKind, Conn, Phase};
 use super::ring::{token, Op};
 use super::slab::ConnId;
 use super::Worker;
+use crate::handover::wire::Carried;
 use crate::key::StreamKey;
 use crate::rendezvous::{Activation, ActivationOutcome, Insert};
 use crate::shaping::QuotaUsed;
@@ -33,7 +34,15 @@ impl Worker {
             closing: None,
             pending: true,
             cancel_sent: false,
+            exporting: false,
         });
+        if self.export.is_some() {
+            // An upgrade is handing this core's connections over: this one goes too.
+            let mut unsent = prefix.to_vec();
+            unsent.extend_from_slice(&success_reply(&key));
+            self.export_now(id, Some(Carried::Placed { key, unsent }));
+            return;
+        }
         if self.stopping || self.draining {
             self.close(id, CloseKind::Graceful);
             return;

@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod prosody;
+pub mod proxy_bin;
 pub mod socks5;

@@ -1,0 +1,165 @@
+//! The old process's side of an upgrade handover. It listens on `handover_socket`; when a
+//! new process connects and says hello, the component starts forwarding stanzas (so no
+//! activation is answered here any more), the workers hand over their listeners and every
+//! connection not relaying, and all of it is sent. Running relays stay here to the end.
+
+use super::socket::{Channel, Listener};
+use super::wire::{Frame, VERSION};
+use crate::control::ControlHandle;
+use crate::server::Handle;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long the workers may take to hand over (they answer within a ring round).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long activations already asked of the data plane may take to be answered before
+/// the connections move (the data plane answers in microseconds).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The listening handover socket and its accepting thread.
+pub struct GiveSocket {
+    listener: Arc<Listener>,
+    path: PathBuf,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GiveSocket {
+    /// Binds `path` and calls `on_take` with each new process that connects.
+    pub fn open(path: &Path, on_take: impl Fn(Channel) + Send + 'static) -> io::Result<Self> {
+        let listener = Arc::new(Listener::bind(path)?);
+        let l = listener.clone();
+        let thread = std::thread::Builder::new()
+            .name("streamhost-handover".into())
+            .spawn(move || {
+                while let Ok(ch) = l.accept() {
+                    on_take(ch);
+                }
+            })?;
+        Ok(GiveSocket {
+            listener,
+            path: path.to_owned(),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for GiveSocket {
+    fn drop(&mut self) {
+        self.listener.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // The path may belong to the new process by now: remove it only if it is ours.
+        let ours = std::fs::metadata(&self.path)
+            .ok()
+            .zip(nix::sys::stat::fstat(&*self.listener).ok())
+            .is_some_and(|(m, st)| {
+                use std::os::unix::fs::MetadataExt;
+                m.ino() == st.st_ino
+            });
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A handover in progress after the state went over: stanzas are being forwarded.
+pub struct Given {
+    /// Fires when the new process's component is logged in (or the new process left).
+    pub logged_in: std::sync::mpsc::Receiver<()>,
+    forwarder: Option<JoinHandle<()>>,
+    pub listeners: usize,
+    pub conns: usize,
+}
+
+impl Given {
+    /// Waits for the stanza forwarder, after the control plane stopped.
+    pub fn finish(mut self) {
+        if let Some(t) = self.forwarder.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Hands everything to the new process on `ch`. `before` runs once the new process has
+/// said hello, before anything moves (it stops what the new process must bind itself,
+/// such as the metrics endpoint).
+pub fn give(
+    ch: Channel,
+    handle: &Handle,
+    control: Option<&ControlHandle>,
+    before: impl FnOnce(),
+) -> io::Result<Given> {
+    match ch.recv()? {
+        Some((Frame::Hello { version }, _)) if version == VERSION => {}
+        Some((Frame::Hello { version }, _)) => {
+            return Err(io::Error::other(format!(
+                "the new process speaks handover version {version}, this one {VERSION}"
+            )))
+        }
+        other => return Err(io::Error::other(format!("expected hello, got {other:?}"))),
+    }
+    before();
+    // From here on the new process answers every stanza; wait for what was asked here.
+    let stanzas = control.map(|c| {
+        let rx = c.forward();
+        let end = Instant::now() + SETTLE_TIMEOUT;
+        while c.in_flight() > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        rx
+    });
+    let exported = handle.export(EXPORT_TIMEOUT)?;
+    let (listeners, conns) = (exported.listeners.len(), exported.conns.len());
+    for fd in &exported.listeners {
+        let addr = socket2::SockRef::from(fd)
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("a listener without an inet address"))?;
+        ch.send(&Frame::Listener { addr }, Some(fd.as_raw_fd()))?;
+    }
+    for (fd, carried) in &exported.conns {
+        ch.send(&Frame::Conn(carried.clone()), Some(fd.as_raw_fd()))?;
+    }
+    ch.send(&Frame::StateEnd, None)?;
+    // Our copies close here; the new process holds its own.
+    drop(exported);
+    let ch = Arc::new(ch);
+    let (tx, logged_in) = std::sync::mpsc::channel();
+    let reader = ch.clone();
+    std::thread::Builder::new()
+        .name("streamhost-handover-rx".into())
+        .spawn(move || {
+            // LoggedIn, or the new process gone: either way the old link may go.
+            while let Ok(Some((f, _))) = reader.recv() {
+                if f == Frame::LoggedIn {
+                    break;
+                }
+            }
+            let _ = tx.send(());
+        })?;
+    let forwarder = match stanzas {
+        Some(rx) => Some(
+            std::thread::Builder::new()
+                .name("streamhost-handover-tx".into())
+                .spawn(move || {
+                    for xml in rx {
+                        if let Err(e) = ch.send(&Frame::Stanza(xml), None) {
+                            tracing::warn!(error = %e, "handover: a stanza could not be forwarded");
+                        }
+                    }
+                })?,
+        ),
+        None => None,
+    };
+    Ok(Given {
+        logged_in,
+        forwarder,
+        listeners,
+        conns,
+    })
+}

@@ -1,0 +1,378 @@
+//! Upgrades by handover against a real Prosody: a new process started with `--takeover`
+//! takes the listeners and every connection not yet relaying from the old one, and the
+//! component moves (Prosody's `kick_old`, stanzas the old link still gets are forwarded),
+//! under a continuous load of verified setups: no setup fails and no byte is lost.
+
+mod support;
+
+use sha1::{Digest, Sha1};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+use support::client::Client;
+use support::prosody::{Prosody, DOMAIN, PROXY_JID, SECRET};
+use support::proxy_bin::Proxy;
+use support::socks5;
+
+const BS: &str = "http://jabber.org/protocol/bytestreams";
+/// The target's JID only names the stream (the key); it need not be online.
+const TARGET: &str = "juliet@localhost/transfer";
+/// Requesters, each on its own thread and c2s session.
+const THREADS: usize = 24;
+/// Setups per second the load aims at, all threads together.
+const RATE: f64 = 120.0;
+/// Bytes each way per setup.
+const BYTES: usize = 16 << 10;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, prosody: &Prosody, port: u16) -> PathBuf {
+    let text = format!(
+        r#"
+workers = 2
+listen = ["127.0.0.1:{port}"]
+drain_timeout = 60
+handover_socket = "{sock}"
+
+[component]
+server = "{server}"
+jid = "{PROXY_JID}"
+secret = "{SECRET}"
+"#,
+        sock = dir.join("handover.sock").display(),
+        server = prosody.component_addr(),
+    );
+    let p = dir.join("streamhost.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn key(sid: &str, requester: &str) -> String {
+    hex::encode(Sha1::digest(format!("{sid}{requester}{TARGET}")))
+}
+
+fn pattern(seed: u64, n: usize) -> Vec<u8> {
+    (0..n as u64)
+        .map(|i| ((i ^ seed).wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect()
+}
+
+/// Both ways at once, byte-checked, then both ends close cleanly.
+fn exchange(mut a: TcpStream, mut b: TcpStream, seed: u64, n: usize) -> Result<(), String> {
+    let (ab, ba) = (pattern(seed, n), pattern(!seed, n));
+    let mut a2 = a.try_clone().map_err(|e| e.to_string())?;
+    let send = {
+        let ab = ab.clone();
+        thread::spawn(move || {
+            a2.write_all(&ab)
+                .and_then(|_| a2.shutdown(std::net::Shutdown::Write))
+        })
+    };
+    let mut got = Vec::with_capacity(n);
+    b.write_all(&ba).map_err(|e| format!("b write: {e}"))?;
+    b.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| format!("b shutdown: {e}"))?;
+    b.read_to_end(&mut got)
+        .map_err(|e| format!("b read: {e}"))?;
+    if got != ab {
+        return Err(format!("a->b: {} bytes, not the {n} sent", got.len()));
+    }
+    let mut back = Vec::with_capacity(n);
+    a.read_to_end(&mut back)
+        .map_err(|e| format!("a read: {e}"))?;
+    if back != ba {
+        return Err(format!("b->a: {} bytes, not the {n} sent", back.len()));
+    }
+    send.join()
+        .map_err(|_| "sender panicked".to_string())?
+        .map_err(|e| format!("a write: {e}"))
+}
+
+fn activate(c: &mut Client, sid: &str) -> Result<(), String> {
+    let r = c
+        .iq(
+            "set",
+            Some(PROXY_JID),
+            &format!("<query xmlns='{BS}' sid='{sid}'><activate>{TARGET}</activate></query>"),
+        )
+        .map_err(|e| format!("activation IQ: {e}"))?;
+    if r.attr("type") == Some("result") {
+        Ok(())
+    } else {
+        Err(format!("activation answered {r:?}"))
+    }
+}
+
+/// One verified setup: both halves, activation through Prosody, data both ways.
+fn setup(addr: SocketAddr, c: &mut Client, sid: &str, seed: u64) -> Result<(), String> {
+    let k = key(sid, &c.jid);
+    let t = socks5::connect(addr, &k).map_err(|e| format!("target SOCKS5: {e}"))?;
+    let r = socks5::connect(addr, &k).map_err(|e| format!("requester SOCKS5: {e}"))?;
+    activate(c, sid)?;
+    exchange(r, t, seed, BYTES)
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: Mutex<Vec<String>>,
+}
+
+/// `THREADS` requesters doing verified setups at `RATE` in all until `stop`.
+fn load(
+    prosody: &Prosody,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<thread::JoinHandle<()>> {
+    (0..THREADS)
+        .map(|i| {
+            let user = format!("req{i}");
+            let mut c = Client::login(prosody.c2s_port, &user, DOMAIN, &format!("pw-{user}"))
+                .expect("requester login");
+            let (stop, tally) = (stop.clone(), tally.clone());
+            let period = Duration::from_secs_f64(THREADS as f64 / RATE);
+            thread::spawn(move || {
+                let mut next = Instant::now();
+                for n in 0u64.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let sid = format!("s{i}-{n}");
+                    match setup(addr, &mut c, &sid, n * 31 + i as u64) {
+                        Ok(()) => {
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => tally.failed.lock().unwrap().push(format!("{sid}: {e}")),
+                    }
+                    next += period;
+                    if let Some(d) = next.checked_duration_since(Instant::now()) {
+                        thread::sleep(d);
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Connections caught in every state that is not relaying when the upgrade happens,
+/// finished after it.
+struct InFlight {
+    /// One half, its peer not there yet.
+    lone: (String, TcpStream),
+    /// Both halves, not activated yet.
+    pair: (String, TcpStream, TcpStream),
+    /// A handshake that has sent its greeting only.
+    greeting: TcpStream,
+}
+
+fn in_flight(addr: SocketAddr, requester: &str, round: usize) -> InFlight {
+    let sid = format!("lone-{round}");
+    let lone = socks5::connect(addr, &key(&sid, requester)).expect("lone half");
+    let psid = format!("pair-{round}");
+    let pk = key(&psid, requester);
+    let (p1, p2) = (
+        socks5::connect(addr, &pk).unwrap(),
+        socks5::connect(addr, &pk).unwrap(),
+    );
+    let mut g = TcpStream::connect(addr).unwrap();
+    g.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    g.write_all(&[5, 1, 0]).unwrap();
+    let mut hello = [0u8; 2];
+    g.read_exact(&mut hello).unwrap();
+    assert_eq!(hello, [5, 0]);
+    InFlight {
+        lone: (sid, lone),
+        pair: (psid, p1, p2),
+        greeting: g,
+    }
+}
+
+/// Completes what `in_flight` left open, through whichever process holds it now.
+fn finish(f: InFlight, addr: SocketAddr, c: &mut Client, round: usize) {
+    let (sid, lone) = f.lone;
+    let peer = socks5::connect(addr, &key(&sid, &c.jid)).expect("the lone half's peer");
+    activate(c, &sid).expect("the lone half's pair activates");
+    exchange(peer, lone, 1, 64 << 10).expect("the lone half's pair relays");
+    let (psid, p1, p2) = f.pair;
+    activate(c, &psid).expect("the waiting pair activates");
+    exchange(p1, p2, 2, 64 << 10).expect("the waiting pair relays");
+    // The greeting's handshake goes on where it stopped.
+    let gsid = format!("greeting-{round}");
+    let gk = key(&gsid, &c.jid);
+    let mut g = f.greeting;
+    let mut req = vec![5, 1, 0, 3, 40];
+    req.extend_from_slice(gk.as_bytes());
+    req.extend_from_slice(&[0, 0]);
+    g.write_all(&req).unwrap();
+    let mut reply = [0u8; 47];
+    g.read_exact(&mut reply).expect("the handshake's reply");
+    assert_eq!(&reply[..2], &[5, 0]);
+    let other = socks5::connect(addr, &gk).unwrap();
+    activate(c, &gsid).expect("the handshake's pair activates");
+    exchange(g, other, 3, 64 << 10).expect("the handshake's pair relays");
+}
+
+/// A long transfer started before the first upgrade; it stays in the process that
+/// activated it, which exits only when it is done.
+fn long_transfer(addr: SocketAddr, c: &mut Client) -> thread::JoinHandle<Result<(), String>> {
+    let sid = "long";
+    let k = key(sid, &c.jid);
+    let t = socks5::connect(addr, &k).unwrap();
+    let r = socks5::connect(addr, &k).unwrap();
+    activate(c, sid).unwrap();
+    thread::spawn(move || {
+        // About 40 s at 1 MiB/s: it spans several upgrades.
+        let total = 40usize << 20;
+        let mut w = r;
+        let writer = thread::spawn(move || -> std::io::Result<()> {
+            for chunk in 0..(total >> 20) {
+                w.write_all(&pattern(chunk as u64, 1 << 20))?;
+                thread::sleep(Duration::from_millis(1000));
+            }
+            w.shutdown(std::net::Shutdown::Write)
+        });
+        let mut t = t;
+        t.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut expect = Vec::new();
+        loop {
+            let n = t.read(&mut buf).map_err(|e| format!("long read: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            for &b in &buf[..n] {
+                if expect.is_empty() {
+                    expect = pattern((got >> 20) as u64, 1 << 20);
+                    expect.reverse();
+                }
+                if Some(b) != expect.pop() {
+                    return Err(format!("long transfer: wrong byte at {got}"));
+                }
+                got += 1;
+            }
+        }
+        writer.join().unwrap().map_err(|e| e.to_string())?;
+        if got == total {
+            Ok(())
+        } else {
+            Err(format!("long transfer: {got} of {total} bytes"))
+        }
+    })
+}
+
+/// How the new process replaces the old one.
+#[derive(Clone, Copy, PartialEq)]
+enum Procedure {
+    /// `--takeover`: the old process hands everything over.
+    Handover,
+    /// The older procedure: both bind the port (`SO_REUSEPORT`), then SIGTERM the old one.
+    Overlap,
+}
+
+#[test]
+fn five_upgrades_under_load_lose_no_setup_and_no_byte() {
+    let (ok, failed) = upgrades_under_load(Procedure::Handover);
+    assert!(failed.is_empty(), "failed setups: {failed:#?}");
+    // At least 100 setups a second over the 60 s (the rate is paced at 120).
+    assert!(ok >= 6_000, "only {ok} setups in 60 s");
+}
+
+/// The same run with the overlap procedure, for comparison (README "Upgrades"): it loses
+/// setups, how many depends on timing, so it is run by hand:
+/// `cargo test --test upgrade_handover -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn five_overlap_upgrades_under_load_for_comparison() {
+    let (ok, failed) = upgrades_under_load(Procedure::Overlap);
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for f in &failed {
+        let kind = f.split_once(": ").map_or(f.as_str(), |(_, k)| k);
+        *kinds.entry(kind.chars().take(60).collect()).or_default() += 1;
+    }
+    eprintln!(
+        "overlap: {ok} verified, {} failed: {kinds:#?}",
+        failed.len()
+    );
+    assert!(ok >= 1_000, "the load ran: {ok}");
+}
+
+fn upgrades_under_load(procedure: Procedure) -> (u64, Vec<String>) {
+    let mut users: Vec<(String, String)> = (0..THREADS)
+        .map(|i| (format!("req{i}"), format!("pw-req{i}")))
+        .collect();
+    users.push(("probe".into(), "pw-probe".into()));
+    let u: Vec<(&str, &str, &str)> = users
+        .iter()
+        .map(|(n, p)| (n.as_str(), DOMAIN, p.as_str()))
+        .collect();
+    let prosody = Prosody::start(&u);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &prosody, port);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let mut current = Proxy::spawn(&cfg);
+    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
+        assert!(Instant::now() < end, "the component never logged in");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let long = long_transfer(addr, &mut probe);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let threads = load(&prosody, addr, stop.clone(), tally.clone());
+    let mut old = Vec::new();
+    for round in 0..5 {
+        // 10 s of load before each upgrade (and after the last): every upgrade sits in
+        // the middle of 20 s of load.
+        thread::sleep(Duration::from_secs(10));
+        let pending = in_flight(addr, &probe.jid, round);
+        let before = tally.ok.load(Ordering::Relaxed);
+        if procedure == Procedure::Handover {
+            let next = Proxy::spawn_with(&cfg, &["--takeover"], "warn");
+            old.push(std::mem::replace(&mut current, next));
+            finish(pending, addr, &mut probe, round);
+        } else {
+            let next = Proxy::spawn(&cfg);
+            thread::sleep(Duration::from_millis(300));
+            current.signal("-TERM");
+            old.push(std::mem::replace(&mut current, next));
+            drop(pending);
+        }
+        eprintln!(
+            "upgrade {round}: {} setups before it, {} failed so far",
+            before,
+            tally.failed.lock().unwrap().len()
+        );
+    }
+    thread::sleep(Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let long = long.join().unwrap();
+    if procedure == Procedure::Handover {
+        long.expect("the long transfer arrives whole");
+    }
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let failed = tally.failed.lock().unwrap().clone();
+    eprintln!("{ok} setups verified, {} failed", failed.len());
+    for (i, mut p) in old.into_iter().enumerate() {
+        assert_eq!(p.wait_exit(60), Some(true), "old process {i} exits cleanly");
+    }
+    (ok, failed)
+}
