@@ -14,6 +14,7 @@ pub mod key;
 pub mod limits;
 pub mod metrics;
 pub mod rendezvous;
+pub mod sd_notify;
 pub mod server;
 pub mod shaping;
 pub mod socks5;

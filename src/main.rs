@@ -113,10 +113,10 @@ const LOGIN_HANDOVER: std::time::Duration = std::time::Duration::from_secs(5);
 /// process takes over (then the same drain). SIGHUP reloads the config file: access lists
 /// and connection limits change live.
 fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
     use std::sync::Arc;
     use streamhost::handover::{give, take};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])?;
     let sig_handle = signals.handle();
     let (events, rx) = std::sync::mpsc::channel::<Event>();
     let engine = config.relay.engine;
@@ -141,6 +141,11 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
         tracing::info!(connections = conns.len(), "took over from the old process");
     }
     handle.adopt(conns);
+    if taken.is_some() {
+        // The old link forwards every stanza here until this component is logged in, so
+        // what arrives meanwhile can be activated.
+        handle.set_admitting(true);
+    }
     tracing::info!(
         addrs = ?handle.local_addrs(),
         workers = handle.workers(),
@@ -189,6 +194,8 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
         }
         None => None,
     };
+    // Under systemd (Type=notify): ready, and after a takeover the unit's process now.
+    streamhost::sd_notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     let ev = events.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
@@ -201,6 +208,7 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
     for event in rx.iter() {
         match event {
             Event::Signal(SIGHUP) => reload(path.as_deref(), &handle, control.as_ref()),
+            Event::Signal(SIGUSR2) => start_successor(&config),
             Event::Signal(sig) => {
                 tracing::info!(signal = sig, deadline_s = config.drain_timeout, "draining");
                 break;
@@ -257,7 +265,7 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
     let (tx, second) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         for e in rx.iter() {
-            if matches!(e, Event::Signal(s) if s != SIGHUP) {
+            if matches!(e, Event::Signal(s) if s != SIGHUP && s != SIGUSR2) {
                 let _ = tx.send(());
                 break;
             }
@@ -281,6 +289,40 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
     let cut = drainer.join().unwrap_or(0);
     tracing::info!(relays_cut = cut, "stopped");
     Ok(())
+}
+
+/// SIGUSR2: starts the binary now installed at the path this process was started from,
+/// with the same arguments and `--takeover`, which then takes everything over from this
+/// process (README "Upgrades"). A successor that fails leaves this process serving.
+fn start_successor(config: &Config) {
+    if config.handover_socket.is_none() {
+        tracing::error!("SIGUSR2: no handover_socket in the config, so no upgrade");
+        return;
+    }
+    let mut args = std::env::args_os();
+    let Some(exe) = args.next() else {
+        return;
+    };
+    let args: Vec<_> = args.filter(|a| a != "--takeover").collect();
+    match std::process::Command::new(&exe)
+        .args(&args)
+        .arg("--takeover")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(mut child) => {
+            tracing::info!(pid = child.id(), exe = ?exe, "SIGUSR2: started the new process");
+            // Reaped here if it fails early; after this process exits, by init.
+            std::thread::spawn(move || {
+                if let Ok(st) = child.wait() {
+                    if !st.success() {
+                        tracing::error!(status = %st, "the new process failed");
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::error!(error = %e, exe = ?exe, "SIGUSR2: cannot start the new process"),
+    }
 }
 
 /// Serves `/metrics` and `/ready`. After a takeover the old process may still hold the

@@ -87,13 +87,16 @@ impl MetricsServer {
 struct State {
     registry: Registry,
     control: Option<ControlStatus>,
+    data: Arc<Handle>,
 }
 
 impl State {
+    /// Ready: the component is logged in (if one is configured) and every worker runs.
     fn ready(&self) -> bool {
         self.control
             .as_ref()
             .is_none_or(|c| c.state() == ConnState::Connected)
+            && self.data.worker_health().iter().all(|w| w.alive)
     }
 
     fn answer(&self, head: Option<&[u8]>) -> Vec<u8> {
@@ -110,7 +113,12 @@ impl State {
                 head_only,
             ),
             Route::Ready if self.ready() => http::response(200, TEXT, "ready\n", head_only),
-            Route::Ready => http::response(503, TEXT, "component not connected\n", head_only),
+            Route::Ready => http::response(
+                503,
+                TEXT,
+                "not ready: component not logged in, or a worker stopped\n",
+                head_only,
+            ),
             Route::NotFound => http::response(404, TEXT, "not found\n", head_only),
             Route::MethodNotAllowed => http::response(405, TEXT, "use GET\n", head_only),
             Route::BadRequest => http::response(400, TEXT, "bad request\n", false),
@@ -128,6 +136,7 @@ async fn run(listener: std::net::TcpListener, sources: Sources, mut stop: watch:
     };
     let state = Arc::new(State {
         control: sources.control.clone(),
+        data: sources.data.clone(),
         registry: collect::registry(sources),
     });
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));

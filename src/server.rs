@@ -116,6 +116,7 @@ impl Server {
             max_pending: AtomicUsize::new(config.max_pending),
             fd_budget: fd_budget(&config, workers),
             ip_limits: crate::limits::IpLimiter::new(config.source_limits()),
+            admitting: std::sync::atomic::AtomicBool::new(config.component.is_none()),
             shaping: shaping.clone(),
             config,
         });
@@ -246,6 +247,14 @@ impl Handle {
             restart.push("socks5_auth");
         }
         restart
+    }
+
+    /// Whether new SOCKS5 connections are accepted: the control plane says so while its
+    /// component is logged in (from the start when no component is configured).
+    pub fn set_admitting(&self, on: bool) {
+        self.shared
+            .admitting
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Upgrade handover, old side: every worker stops accepting and hands over its

@@ -64,6 +64,7 @@ impl Refusal {
             | Refusal::PerIpRate
             | Refusal::PerPrefixConnections
             | Refusal::Shed
+            | Refusal::NotReady
             // Refused over XMPP (activation) or by cutting a running stream.
             | Refusal::Quota => Rep::GeneralFailure,
         }

@@ -47,10 +47,13 @@ pub enum Refusal {
     /// The requester's account or domain used its daily byte quota: activation refused,
     /// or a running stream cut.
     Quota,
+    /// Not ready: the component is not logged in, so nothing could activate the stream
+    /// (closed at accept; clients try their next streamhost).
+    NotReady,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 19] = [
+    pub const ALL: [Refusal; 20] = [
         Refusal::BadVersion,
         Refusal::NoAcceptableMethod,
         Refusal::AuthFailed,
@@ -70,6 +73,7 @@ impl Refusal {
         Refusal::PerPrefixConnections,
         Refusal::Shed,
         Refusal::Quota,
+        Refusal::NotReady,
     ];
 
     /// A stable snake_case name for logs and metrics labels.
@@ -94,6 +98,7 @@ impl Refusal {
             Refusal::PerPrefixConnections => "per_prefix_connections",
             Refusal::Shed => "shed",
             Refusal::Quota => "quota",
+            Refusal::NotReady => "not_ready",
         }
     }
 }

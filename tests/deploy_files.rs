@@ -190,6 +190,9 @@ fn systemd_unit_command_lines_are_accepted() {
     for l in [
         "io_uring_setup io_uring_enter io_uring_register",
         "LimitNOFILE=1048576",
+        "Type=notify",
+        "NotifyAccess=all",
+        "RuntimeDirectory=streamhost",
     ] {
         assert!(unit.contains(l), "{l}");
     }

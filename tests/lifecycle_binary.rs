@@ -350,3 +350,34 @@ fn each_transfer_is_logged_with_who_and_how_much() {
         "{finished}"
     );
 }
+
+/// Not ready, not accepting: while the component is not logged in nothing could activate
+/// a stream, so new SOCKS5 connections are refused at once (clients try their next
+/// streamhost) instead of waiting out `activation_timeout`.
+#[test]
+fn socks5_is_refused_until_the_component_is_logged_in() {
+    let Setup {
+        mut prosody,
+        dir: _dir,
+        cfg,
+        addr,
+        ..
+    } = setup();
+    prosody.stop();
+    let _proxy = Proxy::spawn(&cfg);
+    let key = "0123456789abcdef0123456789abcdef01234567";
+    let end = Instant::now() + Duration::from_secs(20);
+    // Refused (closed before the greeting is answered) once it listens.
+    loop {
+        match socks5::connect(addr, key) {
+            Err(e) if e.kind() != std::io::ErrorKind::ConnectionRefused => break,
+            Err(_) => {}
+            Ok(_) => panic!("a half was accepted with no component logged in"),
+        }
+        assert!(Instant::now() < end, "the proxy never listened");
+        thread::sleep(Duration::from_millis(50));
+    }
+    prosody.restart();
+    wait_component(&prosody, 60);
+    socks5::connect(addr, key).expect("accepted once the component is logged in");
+}

@@ -376,3 +376,76 @@ fn upgrades_under_load(procedure: Procedure) -> (u64, Vec<String>) {
     }
     (ok, failed)
 }
+
+/// The systemd way (deploy/systemd): SIGUSR2 makes the running process start its binary
+/// again with `--takeover`; the successor takes over and names itself the main process
+/// over `$NOTIFY_SOCKET`, and the old one exits.
+#[test]
+fn sigusr2_starts_a_successor_that_takes_over_and_tells_the_service_manager() {
+    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &prosody, port);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_streamhost"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut old = Proxy { child };
+    let mut buf = [0u8; 256];
+    let n = notify
+        .recv(&mut buf)
+        .expect("the first process says it is ready");
+    let first = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(first.contains("READY=1"), "{first}");
+    assert!(
+        first.contains(&format!("MAINPID={}", old.child.id())),
+        "{first}"
+    );
+
+    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
+        assert!(Instant::now() < end, "the component never logged in");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let pending = in_flight(addr, &probe.jid, 0);
+    old.signal("-USR2");
+    let n = notify
+        .recv(&mut buf)
+        .expect("the successor says it is ready");
+    let second = String::from_utf8_lossy(&buf[..n]).to_string();
+    let pid: u32 = second
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no MAINPID in {second:?}"));
+    assert_ne!(pid, old.child.id());
+    // The successor is not our child: make sure it goes when the test does.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _successor = KillOnDrop(pid);
+    finish(pending, addr, &mut probe, 0);
+    assert_eq!(
+        old.wait_exit(30),
+        Some(true),
+        "the old process exits cleanly"
+    );
+    // Still served, by the successor alone.
+    setup(addr, &mut probe, "after", 7).expect("a setup after the old process left");
+}

@@ -312,6 +312,7 @@ async fn run(
         match login {
             Ok(link) => {
                 shared.set(ConnState::Connected);
+                activator.component_up(true);
                 shared.logins.fetch_add(1, Ordering::AcqRel);
                 backoff.reset();
                 info!(server = %settings.server, jid = %settings.jid, "component connected");
@@ -331,6 +332,7 @@ async fn run(
                         break;
                     }
                     End::Lost(why) => {
+                        activator.component_up(false);
                         warn!(server = %settings.server, "component link lost: {why}")
                     }
                 }

@@ -36,6 +36,10 @@ pub use config::{ControlConfig, ControlSettings};
 pub trait Activator: Send + Sync {
     fn activate_then(&self, key: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>);
 
+    /// The component logged in (`true`) or lost its link (`false`): a data plane takes new
+    /// connections only while it can activate them.
+    fn component_up(&self, _up: bool) {}
+
     /// Like `activate_then`, on behalf of `requester` (whose account and domain shaping
     /// and quotas apply), and `guard` lives as long as the relay runs (it is dropped at
     /// once if activation is refused): the per-account stream limit counts with it.
@@ -60,6 +64,10 @@ pub trait Activator: Send + Sync {
 impl Activator for Handle {
     fn activate_then(&self, key: &StreamKey, done: Box<dyn FnOnce(ActivationOutcome) + Send>) {
         Handle::activate_then(self, key, done)
+    }
+
+    fn component_up(&self, up: bool) {
+        self.set_admitting(up)
     }
 
     fn activate_for(

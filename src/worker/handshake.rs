@@ -22,6 +22,12 @@ impl Worker {
             unsafe { libc::close(fd) };
             return;
         }
+        if !sh.admitting.load(Relaxed) {
+            self.stats().refuse(Refusal::NotReady);
+            // SAFETY: we own the fresh descriptor and nothing else refers to it.
+            unsafe { libc::close(fd) };
+            return;
+        }
         let max_open = sh.max_connections.load(Relaxed).min(sh.fd_budget);
         let full = if sh.open.load(Relaxed) >= max_open {
             Some(Refusal::MaxConnections)

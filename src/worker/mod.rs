@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     /// Client connections the open-files limit leaves room for (`server::fd_budget`).
     pub fd_budget: usize,
     pub ip_limits: crate::limits::IpLimiter,
+    /// New connections are accepted only while the component is logged in (or none is
+    /// configured): a half that nothing could activate is refused at once.
+    pub admitting: std::sync::atomic::AtomicBool,
     /// Bandwidth shaping and quotas; hands out nothing when both are off.
     pub shaping: Arc<crate::shaping::Shaping>,
 }
