@@ -24,11 +24,17 @@ pub fn query_streamhost(c: &mut Client, proxy: &str, limit: Duration) -> io::Res
         .filter(|_| el.attr("type") == Some("result"))
         .ok_or_else(|| io::Error::other(format!("no streamhost: {el:?}")))?;
     if sh.attr("jid") != Some(proxy) {
-        return Err(io::Error::other(format!("streamhost of another JID: {el:?}")));
+        return Err(io::Error::other(format!(
+            "streamhost of another JID: {el:?}"
+        )));
     }
-    format!("{}:{}", sh.attr("host").unwrap_or(""), sh.attr("port").unwrap_or(""))
-        .parse()
-        .map_err(|e| io::Error::other(format!("bad streamhost address ({e}): {el:?}")))
+    format!(
+        "{}:{}",
+        sh.attr("host").unwrap_or(""),
+        sh.attr("port").unwrap_or("")
+    )
+    .parse()
+    .map_err(|e| io::Error::other(format!("bad streamhost address ({e}): {el:?}")))
 }
 
 pub fn activate(c: &mut Client, proxy: &str, sid: &str, target: &str) -> El {

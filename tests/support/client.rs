@@ -165,7 +165,9 @@ impl Client {
             ),
         )?;
         if el.attr("type") != Some("result") {
-            return Err(bad(format!("registration of {user}@{domain} refused: {el:?}")));
+            return Err(bad(format!(
+                "registration of {user}@{domain} refused: {el:?}"
+            )));
         }
         Ok(())
     }
@@ -272,7 +274,6 @@ impl Client {
         payload: &str,
         limit: Duration,
     ) -> io::Result<El> {
-        self.w.set_read_timeout(Some(limit))?;
         self.next_id += 1;
         let id = format!("t{}", self.next_id);
         let to = to
@@ -286,14 +287,33 @@ impl Client {
         self.send(&format!(
             "<iq type='{type_}' id='{id}'{from}{to}>{payload}</iq>"
         ))?;
-        let answer = self.wait_iq_within(&id, limit);
-        self.w.set_read_timeout(Some(Duration::from_secs(10)))?;
-        answer
+        self.wait_iq_within(&id, limit)
     }
 
     fn wait_iq_within(&mut self, id: &str, limit: Duration) -> io::Result<El> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
+            // Wait for bytes with a peek, so that a timeout leaves the parser untouched
+            // (after a read error it reports the end of the stream from then on).
+            if self.r.get_ref().buffer().is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.w
+                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+                let ready = self.w.peek(&mut [0u8; 1]);
+                self.w.set_read_timeout(Some(Duration::from_secs(10)))?;
+                match ready {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let el = self.read_element()?;
             if el.name == "iq" && el.attr("id") == Some(id) {
                 return Ok(el);

@@ -28,8 +28,9 @@ const ERL_LIBS: &str = "/usr/lib/x86_64-linux-gnu";
 pub struct Ejabberd {
     dir: tempfile::TempDir,
     child: Option<Child>,
-    /// Several streamhost instances as one JID: `domain_balancing` with this many slots.
-    instances: Option<u32>,
+    /// Several streamhost instances as one JID: `domain_balancing` with this many slots
+    /// and this balancing type.
+    instances: Option<(u32, &'static str)>,
     pub c2s_port: u16,
     pub component_port: u16,
 }
@@ -52,10 +53,23 @@ impl Ejabberd {
     /// Also the project's balancing snippet: `instances` streamhost processes may log in
     /// as `PROXY_JID`, each requester's stanzas going to one of them (by bare JID).
     pub fn with_instances(instances: u32, users: &[(&str, &str, &str)]) -> Ejabberd {
-        Self::start_with(Some(instances), users)
+        Self::start_with(Some((instances, "bare_source")), users)
     }
 
-    fn start_with(instances: Option<u32>, users: &[(&str, &str, &str)]) -> Ejabberd {
+    /// `with_instances`, but another balancing `type` than the snippet's (e.g. `random`,
+    /// as a server that balances every stanza on its own would do).
+    pub fn with_balancing(
+        instances: u32,
+        kind: &'static str,
+        users: &[(&str, &str, &str)],
+    ) -> Ejabberd {
+        Self::start_with(Some((instances, kind)), users)
+    }
+
+    fn start_with(
+        instances: Option<(u32, &'static str)>,
+        users: &[(&str, &str, &str)],
+    ) -> Ejabberd {
         let dir = tempfile::tempdir().expect("temp dir");
         let (c2s_port, component_port) = free_ports();
         let mut e = Ejabberd {
@@ -105,11 +119,13 @@ impl Ejabberd {
         assert!(listener.contains(&format!("port: {}", self.component_port)));
         std::fs::write(self.path("streamhost.yml"), listener).unwrap();
         let mut includes = format!("{d}/streamhost.yml");
-        if let Some(n) = self.instances {
+        if let Some((n, kind)) = self.instances {
             let balancing = INSTANCES
                 .replace("proxy.example.org", PROXY_JID)
-                .replace("component_number: 3", &format!("component_number: {n}"));
+                .replace("component_number: 3", &format!("component_number: {n}"))
+                .replace("type: bare_source", &format!("type: {kind}"));
             assert!(balancing.contains(&format!("component_number: {n}")));
+            assert!(balancing.contains(&format!("type: {kind}")));
             std::fs::write(self.path("streamhost-instances.yml"), balancing).unwrap();
             includes.push_str(&format!(", {d}/streamhost-instances.yml"));
         }
@@ -181,13 +197,23 @@ include_config_file: [{includes}]
             {
                 return true;
             }
-            if log.contains("Failed to open socket") || log.contains(":eaddrinuse") {
-                return false;
-            }
+            // A listener that cannot bind stops the VM (after logging why).
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let all = read(&self.path("log/ejabberd.log"));
+                if all
+                    .get(seen..)
+                    .unwrap_or("")
+                    .contains("Failed to open socket")
+                {
+                    return false;
+                }
                 panic!("ejabberd exited with {status}: {}", self.logs());
             }
-            assert!(Instant::now() < deadline, "ejabberd did not start: {}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "ejabberd did not start: {}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
