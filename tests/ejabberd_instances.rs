@@ -375,3 +375,35 @@ fn a_server_balancing_each_stanza_sends_activations_to_the_wrong_instance() {
         assert_eq!(f, "activation refused: item-not-found");
     }
 }
+
+#[test]
+fn an_instance_beyond_component_number_logs_in_but_gets_no_stanza() {
+    let mut cl = cluster("bare_source", 12);
+    // A fourth process for three slots: ejabberd accepts its login but routes nothing to it.
+    let extra = spawn_instance(&cl.ejabberd, [127, 0, 0, 5]);
+    let target = cl.login("target");
+    let clients: Vec<(usize, Client)> = (0..12).map(|i| (i, cl.login(&name(i)))).collect();
+    let (mut clients, results) = run_rounds(clients, &target.jid, 4, 3, "spare");
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    assert!(extra.ready(), "the fourth process is logged in");
+    assert_eq!(activations(&extra), 0.0);
+    let served: f64 = cl.instances.iter().map(activations).sum();
+    assert_eq!(served, results.len() as f64);
+    // It is no standby either: the slot of a dead process stays empty, its requesters
+    // unanswered, while the fourth process sits logged in.
+    let first = cl.instances[0].socks;
+    let orphans: Vec<usize> = results
+        .iter()
+        .filter(|(_, r)| *r.as_ref().unwrap() == first)
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(!orphans.is_empty());
+    cl.instances[0].kill();
+    thread::sleep(Duration::from_millis(500));
+    for (i, c) in clients.iter_mut().filter(|(i, _)| orphans.contains(i)) {
+        let answer = query_streamhost(c, PROXY_JID, Duration::from_secs(1));
+        assert!(answer.is_err(), "requester {i} was answered: {answer:?}");
+    }
+    assert!(extra.ready());
+    assert_eq!(activations(&extra), 0.0);
+}

@@ -22,8 +22,6 @@ pub const DOMAIN: &str = "localhost";
 pub const OTHER_DOMAIN: &str = "elsewhere.localhost";
 pub const PROXY_JID: &str = "proxy.localhost";
 pub const SECRET: &str = "interop-secret-e7a4";
-/// Where Debian's ejabberd keeps its code (what `ejabberdctl` sets `ERL_LIBS` to).
-const ERL_LIBS: &str = "/usr/lib/x86_64-linux-gnu";
 
 pub struct Ejabberd {
     dir: tempfile::TempDir,
@@ -177,7 +175,7 @@ include_config_file: [{includes}]
             .env("EJABBERD_CONFIG_PATH", self.path("ejabberd.yml"))
             .env("EJABBERD_LOG_PATH", self.path("log/ejabberd.log"))
             .env("ERL_CRASH_DUMP", self.path("log/erl_crash.dump"))
-            .env("ERL_LIBS", ERL_LIBS)
+            .env("ERL_LIBS", erl_libs())
             .env("HOME", d)
             .current_dir(d)
             .stdin(Stdio::null())
@@ -256,6 +254,25 @@ include_config_file: [{includes}]
             read(&self.path("log/ejabberd.log"))
         )
     }
+}
+
+/// Where Debian's ejabberd keeps its code, `/usr/lib/<triplet>` (what `ejabberdctl`
+/// sets `ERL_LIBS` to): the directory holding an `ejabberd-<version>`.
+fn erl_libs() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|d| {
+            std::fs::read_dir(d.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("ejabberd-"))
+        });
+    found
+        .map(|d| d.path())
+        .expect("ejabberd is installed (apt-get install ejabberd)")
 }
 
 fn read(p: &Path) -> String {
