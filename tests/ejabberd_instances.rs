@@ -208,7 +208,7 @@ fn three_instances_behind_one_jid_balanced_by_requester_and_one_killed_mid_run()
         }
     }
 
-    // Kill phase: every account on its own thread, setups back to back (2 s limit each)
+    // Kill phase: every account on its own thread, setups back to back (3 s limit each)
     // for 6 s; the victim is killed (SIGKILL) after 2 s.
     let start = Instant::now();
     let phase = Duration::from_secs(6);
@@ -227,7 +227,7 @@ fn three_instances_behind_one_jid_balanced_by_requester_and_one_killed_mid_run()
                         &mut c,
                         &tj,
                         &format!("kill-{i}-{n}"),
-                        Duration::from_secs(2),
+                        Duration::from_secs(3),
                     );
                     out.push(Attempt {
                         start: s,

@@ -40,6 +40,7 @@ fn a_hot_standby_takes_over_the_jid_when_the_primary_dies() {
         prosody.logs()
     );
     let standby = spawn([127, 0, 0, 3]);
+    let standby_since = Instant::now();
     // Refused while the primary is connected, however often it tries.
     assert!(!standby.wait_ready(Duration::from_secs(2)));
     assert!(prosody
@@ -59,6 +60,7 @@ fn a_hot_standby_takes_over_the_jid_when_the_primary_dies() {
 
     // The primary's machine dies: Prosody answers for the JID until the standby is in.
     let killed = Instant::now();
+    let retrying = standby_since.elapsed();
     primary.kill();
     let mut unanswered = 0;
     let took = loop {
@@ -73,7 +75,10 @@ fn a_hot_standby_takes_over_the_jid_when_the_primary_dies() {
         assert!(killed.elapsed() < Duration::from_secs(45), "no takeover");
         std::thread::sleep(Duration::from_millis(50));
     };
-    eprintln!("standby took over {took:?} after the primary died ({unanswered} queries failed)");
+    eprintln!(
+        "standby took over {took:?} after the primary died ({unanswered} queries failed), \
+         having been refused for {retrying:?}"
+    );
     assert!(standby.ready());
     for n in 0..20 {
         let at = setup(&mut romeo, &juliet.jid, &format!("after-{n}"));
