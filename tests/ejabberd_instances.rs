@@ -52,14 +52,18 @@ fn spawn_instance(ejabberd: &Ejabberd, ip: [u8; 4]) -> StreamhostProcess {
 }
 
 /// ejabberd with `requesters` accounts and `target`, and one streamhost per address.
-fn cluster(kind: &'static str, requesters: usize) -> Cluster {
+/// `kind`: the `domain_balancing` type, or none at all (no `domain_balancing` entry).
+fn cluster(kind: Option<&'static str>, requesters: usize) -> Cluster {
     let mut names: Vec<String> = (0..requesters).map(name).collect();
     names.push("target".into());
     let users: Vec<(&str, &str, &str)> = names
         .iter()
         .map(|n| (n.as_str(), DOMAIN, "pw-shared"))
         .collect();
-    let ejabberd = Ejabberd::with_balancing(IPS.len() as u32, kind, &users);
+    let ejabberd = match kind {
+        Some(kind) => Ejabberd::with_balancing(IPS.len() as u32, kind, &users),
+        None => Ejabberd::start(&users),
+    };
     let instances = IPS
         .iter()
         .map(|&ip| spawn_instance(&ejabberd, ip))
@@ -160,7 +164,7 @@ struct Attempt {
 
 #[test]
 fn three_instances_behind_one_jid_balanced_by_requester_and_one_killed_mid_run() {
-    let mut cl = cluster("bare_source", REQUESTERS);
+    let mut cl = cluster(Some("bare_source"), REQUESTERS);
     let target = cl.login("target");
     let clients: Vec<(usize, Client)> = (0..REQUESTERS).map(|i| (i, cl.login(&name(i)))).collect();
 
@@ -353,32 +357,39 @@ fn three_instances_behind_one_jid_balanced_by_requester_and_one_killed_mid_run()
 
 #[test]
 fn a_server_balancing_each_stanza_sends_activations_to_the_wrong_instance() {
-    // `random` picks an instance per stanza, as a per-packet balancer (Openfire) does.
-    let cl = cluster("random", 10);
-    let target = cl.login("target");
-    let clients: Vec<(usize, Client)> = (0..10).map(|i| (i, cl.login(&name(i)))).collect();
-    let (_, results) = run_rounds(clients, &target.jid, 5, 15, "rand");
-    let failed: Vec<&String> = results
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().err())
-        .collect();
-    let share = failed.len() as f64 / results.len() as f64;
-    eprintln!(
-        "per-stanza balancing over 3 instances: {} of {} setups failed ({:.0}%)",
-        failed.len(),
-        results.len(),
-        share * 100.0
-    );
-    // The activation meets the queried instance one time in three.
-    assert!((0.45..=0.85).contains(&share), "{share}");
-    for f in failed {
-        assert_eq!(f, "activation refused: item-not-found");
+    // `random` picks an instance per stanza, as a per-packet balancer (Openfire) does; so
+    // does ejabberd without `domain_balancing`, which still accepts all three logins.
+    for kind in [Some("random"), None] {
+        let cl = cluster(kind, 10);
+        let target = cl.login("target");
+        let clients: Vec<(usize, Client)> = (0..10).map(|i| (i, cl.login(&name(i)))).collect();
+        let (_, results) = run_rounds(clients, &target.jid, 5, 15, "rand");
+        let failed: Vec<&String> = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().err())
+            .collect();
+        let share = failed.len() as f64 / results.len() as f64;
+        eprintln!(
+            "balancing {kind:?} over 3 instances: {} of {} setups failed ({:.0}%)",
+            failed.len(),
+            results.len(),
+            share * 100.0
+        );
+        // The activation meets the queried instance one time in three.
+        assert!((0.45..=0.85).contains(&share), "{kind:?}: {share}");
+        for f in failed {
+            assert_eq!(f, "activation refused: item-not-found");
+        }
+        // Every instance answered some of it.
+        for p in &cl.instances {
+            assert!(activations(p) > 0.0, "{kind:?}");
+        }
     }
 }
 
 #[test]
 fn an_instance_beyond_component_number_logs_in_but_gets_no_stanza() {
-    let mut cl = cluster("bare_source", 12);
+    let mut cl = cluster(Some("bare_source"), 12);
     // A fourth process for three slots: ejabberd accepts its login but routes nothing to it.
     let extra = spawn_instance(&cl.ejabberd, [127, 0, 0, 5]);
     let target = cl.login("target");
