@@ -129,7 +129,26 @@ fn configmap_toml(yaml: &str) -> String {
 #[test]
 fn kubernetes_config_is_valid_and_wired_to_secret_and_probe() {
     let yaml = read("deploy/kubernetes/streamhost.yaml");
-    let mut c = Config::from_toml_str(&configmap_toml(&yaml), "configmap").unwrap();
+    // Every pod advertises its own node: the init container renders the node's address
+    // (downward API) into the config the proxy reads.
+    let template = configmap_toml(&yaml);
+    assert!(
+        template.contains("advertise = [\"@NODE_IP@:7777\"]"),
+        "{template}"
+    );
+    for wired in [
+        "sed -e \"s/@NODE_IP@/$NODE_IP/g\"",
+        "/etc/streamhost-template/streamhost.toml > /etc/streamhost/streamhost.toml",
+        "- name: NODE_IP\n              valueFrom:\n                fieldRef:\n                  fieldPath: status.hostIP",
+        "- name: template\n              mountPath: /etc/streamhost-template",
+        "- name: config\n              mountPath: /etc/streamhost\n",
+        "- name: config\n          emptyDir:",
+        "args: [\"--config\", \"/etc/streamhost/streamhost.toml\"",
+    ] {
+        assert!(yaml.contains(wired), "not wired: {wired}");
+    }
+    let rendered = template.replace("@NODE_IP@", "192.0.2.10");
+    let mut c = Config::from_toml_str(&rendered, "configmap").unwrap();
     let comp = c.component.as_mut().expect("a [component] section");
     let var = comp
         .secret_env
@@ -141,6 +160,7 @@ fn kubernetes_config_is_valid_and_wired_to_secret_and_probe() {
         )),
         "{var} is not set from the Secret"
     );
+    assert_eq!(comp.advertise, ["192.0.2.10:7777"]);
     comp.secret = Some(Secret::new("x"));
     c.validate().unwrap();
     let port = c

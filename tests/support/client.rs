@@ -149,6 +149,29 @@ impl Client {
         Ok(c)
     }
 
+    /// Creates `user@domain` by in-band registration (XEP-0077) over plaintext c2s.
+    pub fn register(port: u16, user: &str, domain: &str, password: &str) -> io::Result<()> {
+        let mut c = Client::connect(port, String::new(), false)?;
+        c.open(domain)?;
+        let _features = c.read_element()?;
+        let el = c.iq(
+            "set",
+            None,
+            &format!(
+                "<query xmlns='jabber:iq:register'><username>{}</username>\
+                 <password>{}</password></query>",
+                escape(user),
+                escape(password)
+            ),
+        )?;
+        if el.attr("type") != Some("result") {
+            return Err(bad(format!(
+                "registration of {user}@{domain} refused: {el:?}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Logs in as the XEP-0114 component `jid` on 127.0.0.1:`port` (another component
     /// beside the proxy, which can address it like any XMPP sender).
     pub fn component(port: u16, jid: &str, secret: &str) -> io::Result<Client> {
@@ -236,6 +259,21 @@ impl Client {
 
     /// Sends an IQ and returns its answer (other stanzas are skipped); 10 s at most.
     pub fn iq(&mut self, type_: &str, to: Option<&str>, payload: &str) -> io::Result<El> {
+        self.iq_within(type_, to, payload, Duration::from_secs(10))
+    }
+
+    pub fn wait_iq(&mut self, id: &str) -> io::Result<El> {
+        self.wait_iq_within(id, Duration::from_secs(10))
+    }
+
+    /// Sends an IQ and waits `limit` at most for its answer (a server may drop an IQ).
+    pub fn iq_within(
+        &mut self,
+        type_: &str,
+        to: Option<&str>,
+        payload: &str,
+        limit: Duration,
+    ) -> io::Result<El> {
         self.next_id += 1;
         let id = format!("t{}", self.next_id);
         let to = to
@@ -249,12 +287,33 @@ impl Client {
         self.send(&format!(
             "<iq type='{type_}' id='{id}'{from}{to}>{payload}</iq>"
         ))?;
-        self.wait_iq(&id)
+        self.wait_iq_within(&id, limit)
     }
 
-    pub fn wait_iq(&mut self, id: &str) -> io::Result<El> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    fn wait_iq_within(&mut self, id: &str, limit: Duration) -> io::Result<El> {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
+            // Wait for bytes with a peek, so that a timeout leaves the parser untouched
+            // (after a read error it reports the end of the stream from then on).
+            if self.r.get_ref().buffer().is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.w
+                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+                let ready = self.w.peek(&mut [0u8; 1]);
+                self.w.set_read_timeout(Some(Duration::from_secs(10)))?;
+                match ready {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let el = self.read_element()?;
             if el.name == "iq" && el.attr("id") == Some(id) {
                 return Ok(el);
