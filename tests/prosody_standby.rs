@@ -1,7 +1,8 @@
 //! Several instances on Prosody, which takes one connection per component JID: a hot
 //! standby. Two streamhost processes (127.0.0.2 and .3, standing for two machines) are
-//! configured as the same JID; Prosody refuses the second (`component_conflict_resolve`
-//! defaults to kick_new), which keeps retrying with its reconnect backoff and takes over
+//! configured as the same JID; Prosody refuses the second (`component_conflict_resolve =
+//! "kick_new"`, its default; the project's snippet says `kick_old` for upgrades by
+//! handover, so a standby's JID needs it changed back), which keeps retrying with its reconnect backoff and takes over
 //! when the first one dies. Measured: how long clients go without a proxy.
 
 mod support;
@@ -26,7 +27,7 @@ fn setup(c: &mut Client, target: &str, sid: &str) -> std::net::SocketAddr {
 
 #[test]
 fn a_hot_standby_takes_over_the_jid_when_the_primary_dies() {
-    let prosody = Prosody::start(&[
+    let prosody = Prosody::start_refusing_second_login(&[
         ("romeo", DOMAIN, "pw-romeo"),
         ("juliet", DOMAIN, "pw-juliet"),
     ]);

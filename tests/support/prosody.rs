@@ -37,7 +37,22 @@ impl Prosody {
     /// The project's deploy snippet (component `PROXY_JID` on host `DOMAIN`) and a second
     /// host `OTHER_DOMAIN`; registers `users` (name, domain, password) and starts Prosody.
     pub fn start(users: &[(&str, &str, &str)]) -> Prosody {
-        let snippet = SNIPPET
+        Self::start_snippet(SNIPPET, users)
+    }
+
+    /// Like `start`, but a second login for the component is refused (Prosody's default,
+    /// `kick_new`) instead of replacing the first: what a hot standby needs.
+    pub fn start_refusing_second_login(users: &[(&str, &str, &str)]) -> Prosody {
+        let kick_new = SNIPPET.replace(
+            "component_conflict_resolve = \"kick_old\"",
+            "component_conflict_resolve = \"kick_new\"",
+        );
+        assert_ne!(kick_new, SNIPPET);
+        Self::start_snippet(&kick_new, users)
+    }
+
+    fn start_snippet(snippet: &str, users: &[(&str, &str, &str)]) -> Prosody {
+        let snippet = snippet
             .replace("proxy.example.org", PROXY_JID)
             .replace("CHANGE-ME", SECRET);
         assert!(snippet.contains(&format!("Component \"{PROXY_JID}\"")));
