@@ -58,6 +58,9 @@ struct Entry<C> {
     epoch: u64,
 }
 
+/// Stale deadline entries tolerated before the queue is compacted (see `arm`).
+const COMPACT_SLACK: usize = 1024;
+
 pub struct Rendezvous<C> {
     entries: HashMap<StreamKey, Entry<C>>,
     /// Deadlines in arrival order; every deadline is now + the same timeout, so the queue
@@ -86,8 +89,22 @@ impl<C: Copy + Eq + std::fmt::Debug> Rendezvous<C> {
         self.entries.is_empty()
     }
 
+    /// Deadline entries queued, live or stale (a gauge: bounded by `compact`).
+    pub fn queued(&self) -> usize {
+        self.deadlines.len()
+    }
+
     fn arm(&mut self, key: StreamKey, now: Instant) -> u64 {
         self.next_epoch += 1;
+        // Keys that left before their deadline leave a stale entry until it is reached:
+        // at a high connection rate those would outnumber the live ones by far. Dropping
+        // them when they do keeps the queue within twice the table (plus slack), and the
+        // work amortised: each compaction at least halves the queue.
+        if self.deadlines.len() > 2 * self.entries.len() + COMPACT_SLACK {
+            let entries = &self.entries;
+            self.deadlines
+                .retain(|(_, k, epoch)| entries.get(k).is_some_and(|e| e.epoch == *epoch));
+        }
         self.deadlines
             .push_back((now + self.timeout, key, self.next_epoch));
         self.next_epoch
@@ -274,6 +291,26 @@ mod tests {
 
     fn key(n: u8) -> StreamKey {
         StreamKey::from_parts(&n.to_string(), "a@x/r", "b@y/r")
+    }
+
+    #[test]
+    fn halves_that_leave_early_do_not_grow_the_deadline_queue() {
+        let mut t = Rendezvous::new(Duration::from_secs(60));
+        let now = Instant::now();
+        // 50,000 halves that each leave right after arriving, 10 that stay.
+        for n in 0..50_000u32 {
+            let k = StreamKey::from_parts(&n.to_string(), "a@x/r", "b@y/r");
+            t.insert(k, n, now);
+            if n % 5_000 != 0 {
+                assert!(t.remove(&k, n));
+            }
+        }
+        assert_eq!(t.len(), 10);
+        assert!(t.queued() <= 2 * 10 + COMPACT_SLACK + 1, "{}", t.queued());
+        // The ones that stayed still expire on time.
+        let mut out = Vec::new();
+        t.expire(now + Duration::from_secs(61), &mut out);
+        assert_eq!(out.len(), 10);
     }
 
     #[test]

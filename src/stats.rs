@@ -147,6 +147,8 @@ pub struct WorkerStats {
     pub relay_fallbacks: AtomicU64,
     /// gauge: bytes held in stalled directions' own buffers now
     pub relay_fallback_bytes: AtomicU64,
+    /// gauge: deadline entries queued (handshakes and unactivated halves, live or stale)
+    pub deadline_entries: AtomicU64,
     /// times a stalled direction kept its pipe or buffer because `stall_bytes_per_worker` was used up
     pub relay_fallback_full: AtomicU64,
     /// ring-loop rounds that ended with waiting directions still to wake (the per-round budget bit)
@@ -189,6 +191,7 @@ pub struct Stats {
     pub relay_stalls: u64,
     pub relay_fallbacks: u64,
     pub relay_fallback_bytes: u64,
+    pub deadline_entries: u64,
     pub relay_fallback_full: u64,
     pub relay_wakeups_deferred: u64,
     pub accept_errors: u64,
@@ -242,6 +245,9 @@ impl Stats {
             s.relay_fallback_bytes = s
                 .relay_fallback_bytes
                 .wrapping_add(w.relay_fallback_bytes.load(Relaxed));
+            s.deadline_entries = s
+                .deadline_entries
+                .wrapping_add(w.deadline_entries.load(Relaxed));
             s.relay_fallback_full = s
                 .relay_fallback_full
                 .wrapping_add(w.relay_fallback_full.load(Relaxed));

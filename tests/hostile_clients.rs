@@ -127,3 +127,27 @@ fn at_the_descriptor_limit_metrics_answer_and_a_pair_still_sets_up() {
     let _ = proxy.kill();
     let _ = proxy.wait();
 }
+
+/// Connection churn: every connection leaves a deadline behind (its handshake's, then its
+/// half's) that outlives it by up to the timeout. At a high rate those must not pile up
+/// beyond the connections themselves: here 6,000 halves come and go in a few seconds
+/// with timeouts of minutes, and the queues stay near their slack.
+#[test]
+fn connection_churn_does_not_grow_the_deadline_queues() {
+    let mut c = config(Engine::Splice);
+    c.workers = 1;
+    c.handshake_timeout = 300;
+    c.activation_timeout = 300;
+    c.max_connections_per_ip = 0;
+    let (h, addr) = start(c);
+    for n in 0..6_000u64 {
+        drop(half(addr, &key(1_000_000 + n)));
+    }
+    assert!(
+        common::eventually(20, || h.stats().open == 0),
+        "the halves are gone"
+    );
+    let queued = h.stats().deadline_entries;
+    // Two queues, each within 2 x connections + 1,024 (and one entry pushed after).
+    assert!(queued <= 2 * 1_025, "{queued} deadline entries queued");
+}

@@ -188,6 +188,12 @@ fn data_plane(e: &mut Enc, h: &Handle) -> fmt::Result {
         "Finished handshakes handed to the key's owner core.",
         s.handoffs,
     )?;
+    gauge(
+        e,
+        "streamhost_deadline_queue_entries",
+        "Deadline entries queued for handshakes and unactivated halves, live or stale.",
+        s.deadline_entries,
+    )?;
     counters(
         e,
         "streamhost_upgrade_connections",

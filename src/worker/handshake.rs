@@ -13,6 +13,9 @@ use io_uring::{opcode, types};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 
+/// Stale handshake deadlines tolerated before the queue is compacted.
+const DEADLINE_SLACK: usize = 1024;
+
 impl Worker {
     /// A new client connection: check the limits, then start reading its greeting.
     pub(super) fn accepted(&mut self, fd: RawFd) {
@@ -85,6 +88,18 @@ impl Worker {
             exporting: false,
         });
         let deadline = self.now + self.shared.config.handshake_timeout();
+        // Connections that finished (or left) their handshake early leave an entry behind
+        // until its deadline: at a high connection rate those would far outnumber the
+        // connections. Dropping them when they do bounds the queue by twice this core's
+        // connections plus slack, with the work amortised (each pass at least halves it).
+        if self.hs_deadlines.len() > 2 * self.conns.len() + DEADLINE_SLACK {
+            let conns = &self.conns;
+            self.hs_deadlines.retain(|&(_, id)| {
+                conns
+                    .get(id)
+                    .is_some_and(|c| matches!(c.phase, Phase::Handshake(_)))
+            });
+        }
         self.hs_deadlines.push_back((deadline, id));
         id
     }

@@ -401,6 +401,10 @@ impl Worker {
         st.relay_buffers_lent.store(bufs as u64, Relaxed);
         st.relay_fallback_bytes
             .store(self.spill_bytes as u64, Relaxed);
+        st.deadline_entries.store(
+            (self.hs_deadlines.len() + self.table.queued()) as u64,
+            Relaxed,
+        );
     }
 
     fn on_wake(&mut self) {

@@ -27,7 +27,6 @@ impl<T> Slab<T> {
         }
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
