@@ -449,3 +449,38 @@ fn sigusr2_starts_a_successor_that_takes_over_and_tells_the_service_manager() {
     // Still served, by the successor alone.
     setup(addr, &mut probe, "after", 7).expect("a setup after the old process left");
 }
+
+/// Whatever connects to the handover socket without speaking the protocol (a wrong
+/// version, nothing at all) changes nothing: the running process goes on serving.
+#[test]
+fn a_stranger_on_the_handover_socket_changes_nothing() {
+    use streamhost::handover::{socket::Channel, wire::Frame};
+    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &prosody, port);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut proxy = Proxy::spawn(&cfg);
+    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
+        assert!(Instant::now() < end, "the component never logged in");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let pending = in_flight(addr, &probe.jid, 0);
+    let sock = dir.path().join("handover.sock");
+    let wrong = Channel::connect(&sock).unwrap();
+    wrong.send(&Frame::Hello { version: 999 }, None).unwrap();
+    assert!(
+        wrong.recv().unwrap().is_none(),
+        "a wrong version is hung up on"
+    );
+    drop(Channel::connect(&sock).unwrap());
+    let state = Channel::connect(&sock).unwrap();
+    state.send(&Frame::StateEnd, None).unwrap();
+    assert!(state.recv().unwrap().is_none());
+    // Everything that was pending still completes here, and new setups work.
+    finish(pending, addr, &mut probe, 0);
+    setup(addr, &mut probe, "after", 9).expect("a setup after the strangers");
+    assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
+}

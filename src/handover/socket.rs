@@ -50,13 +50,22 @@ impl Listener {
         Ok(Listener { fd })
     }
 
-    /// Blocks until a new process connects.
+    /// Blocks until a process connects; only one running as this process's user (or
+    /// root) is let through: the handover hands over every client's connection.
     pub fn accept(&self) -> io::Result<Channel> {
-        let fd = socket::accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
-        // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
-        Ok(Channel {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        loop {
+            let fd = socket::accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
+            // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
+            let ch = Channel {
+                fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            };
+            let uid = socket::getsockopt(&ch.fd, socket::sockopt::PeerCredentials)?.uid();
+            let me = nix::unistd::geteuid().as_raw();
+            if uid == me || uid == 0 {
+                return Ok(ch);
+            }
+            tracing::warn!(uid, "handover socket: refused a process of another user");
+        }
     }
 
     /// Wakes a thread blocked in `accept` (it then fails) without closing the socket.
