@@ -285,6 +285,20 @@ impl Handle {
         })
     }
 
+    /// A handover that failed after `export`: the workers serve the listeners again and
+    /// take the connections back, as if nothing had happened.
+    pub fn restore(&self, exported: Exported) {
+        let n = self.shared.mailboxes.len();
+        let mut per: Vec<Vec<OwnedFd>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, fd) in exported.listeners.into_iter().enumerate() {
+            per[i % n].push(fd);
+        }
+        for (m, ls) in self.shared.mailboxes.iter().zip(per) {
+            m.send(Msg::Restore(ls));
+        }
+        self.adopt(exported.conns);
+    }
+
     /// Upgrade handover, new side: connections the old process handed over. A placed
     /// half goes to its key's owner core, a handshake to any.
     pub fn adopt(&self, conns: Vec<(OwnedFd, Carried)>) {

@@ -451,10 +451,11 @@ fn sigusr2_starts_a_successor_that_takes_over_and_tells_the_service_manager() {
 }
 
 /// Whatever connects to the handover socket without speaking the protocol (a wrong
-/// version, nothing at all) changes nothing: the running process goes on serving.
+/// version, nothing at all) changes nothing, and a new process that dies while taking
+/// over leaves everything with the old one: the running process goes on serving.
 #[test]
 fn a_stranger_on_the_handover_socket_changes_nothing() {
-    use streamhost::handover::{socket::Channel, wire::Frame};
+    use streamhost::handover::{socket::Channel, wire::Frame, wire::VERSION};
     let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -479,6 +480,12 @@ fn a_stranger_on_the_handover_socket_changes_nothing() {
     let state = Channel::connect(&sock).unwrap();
     state.send(&Frame::StateEnd, None).unwrap();
     assert!(state.recv().unwrap().is_none());
+    // A new process that says hello and dies at once: the old one has handed over by then
+    // and finds nobody to send to, so it takes everything back.
+    let gone = Channel::connect(&sock).unwrap();
+    gone.send(&Frame::Hello { version: VERSION }, None).unwrap();
+    drop(gone);
+    thread::sleep(Duration::from_millis(500));
     // Everything that was pending still completes here, and new setups work.
     finish(pending, addr, &mut probe, 0);
     setup(addr, &mut probe, "after", 9).expect("a setup after the strangers");

@@ -224,6 +224,12 @@ impl ControlHandle {
         self.shared.forward.start()
     }
 
+    /// A handover that failed: stanzas are handled here again, and a lost link is
+    /// re-established as before.
+    pub fn stop_forwarding(&self) {
+        self.shared.forward.stop();
+    }
+
     /// Stanzas forwarded but dropped because the queue was full.
     pub fn forward_dropped(&self) -> u64 {
         self.shared.forward.dropped.load(Ordering::Relaxed)

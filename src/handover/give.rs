@@ -85,6 +85,31 @@ impl Given {
     }
 }
 
+fn send_state(ch: &Channel, exported: &crate::server::Exported) -> io::Result<()> {
+    for fd in &exported.listeners {
+        let addr = socket2::SockRef::from(fd)
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("a listener without an inet address"))?;
+        ch.send(&Frame::Listener { addr }, Some(fd.as_raw_fd()))?;
+    }
+    for (fd, carried) in &exported.conns {
+        ch.send(&Frame::Conn(carried.clone()), Some(fd.as_raw_fd()))?;
+    }
+    ch.send(&Frame::StateEnd, None)
+}
+
+/// Forwarding ends; the stanzas forwarded meanwhile are handled here after all.
+fn take_back(control: Option<&ControlHandle>, stanzas: Option<std::sync::mpsc::Receiver<String>>) {
+    if let (Some(c), Some(rx)) = (control, stanzas) {
+        c.stop_forwarding();
+        let inject = c.injector();
+        for xml in rx.try_iter() {
+            inject.inject(xml);
+        }
+    }
+}
+
 /// Hands everything to the new process on `ch`. `before` runs once the new process has
 /// said hello, before anything moves (it stops what the new process must bind itself,
 /// such as the metrics endpoint).
@@ -113,19 +138,25 @@ pub fn give(
         }
         rx
     });
-    let exported = handle.export(EXPORT_TIMEOUT)?;
+    let exported = match handle.export(EXPORT_TIMEOUT) {
+        Ok(e) => e,
+        Err(e) => {
+            // What did leave the workers stays in their sinks: nothing to restore but
+            // the stanzas.
+            take_back(control, stanzas);
+            return Err(e);
+        }
+    };
     let (listeners, conns) = (exported.listeners.len(), exported.conns.len());
-    for fd in &exported.listeners {
-        let addr = socket2::SockRef::from(fd)
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("a listener without an inet address"))?;
-        ch.send(&Frame::Listener { addr }, Some(fd.as_raw_fd()))?;
+    if let Err(e) = send_state(&ch, &exported) {
+        // The new process is gone or broken: this one serves on with everything.
+        handle.restore(exported);
+        take_back(control, stanzas);
+        return Err(io::Error::new(
+            e.kind(),
+            format!("sending the state: {e}; serving on"),
+        ));
     }
-    for (fd, carried) in &exported.conns {
-        ch.send(&Frame::Conn(carried.clone()), Some(fd.as_raw_fd()))?;
-    }
-    ch.send(&Frame::StateEnd, None)?;
     // Our copies close here; the new process holds its own.
     drop(exported);
     let ch = Arc::new(ch);

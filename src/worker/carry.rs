@@ -233,6 +233,21 @@ impl Worker {
         sink.report();
     }
 
+    /// The handover failed after this worker exported: it serves `listeners` again (the
+    /// connections come back through `adopt`).
+    pub(super) fn restore(&mut self, listeners: Vec<OwnedFd>) {
+        if self.export.take().is_none() || self.stopping {
+            return;
+        }
+        self.draining = false;
+        self.export_reported = false;
+        self.accepts_live = 0;
+        for fd in listeners {
+            self.listeners.push(socket2::Socket::from(fd));
+            self.arm_accept(self.listeners.len() - 1);
+        }
+    }
+
     /// A connection handed over by an old process.
     pub(super) fn adopt(&mut self, fd: OwnedFd, carried: Carried) {
         if self.stopping || self.draining {

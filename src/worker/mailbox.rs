@@ -36,6 +36,9 @@ pub(crate) enum Msg {
     Export(std::sync::Arc<super::carry::ExportSink>),
     /// Report once more: every message sent before this one has been handled.
     ExportSeal(std::sync::Arc<super::carry::ExportSink>),
+    /// A handover that failed after the export: serve these listeners again and take
+    /// connections as before.
+    Restore(Vec<std::os::fd::OwnedFd>),
     /// A connection handed over by an old process.
     Adopt {
         fd: std::os::fd::OwnedFd,
@@ -97,7 +100,7 @@ impl Drop for Mailbox {
                     libc::close(fd);
                 },
                 Msg::Activate { done, .. } => done(ActivationOutcome::ShuttingDown),
-                Msg::Drain | Msg::Shutdown | Msg::Adopt { .. } => {}
+                Msg::Drain | Msg::Shutdown | Msg::Adopt { .. } | Msg::Restore(_) => {}
                 // Unblocks a handover waiting on this worker.
                 Msg::Export(s) | Msg::ExportSeal(s) => s.fail(),
             }

@@ -429,6 +429,7 @@ impl Worker {
                 Msg::Export(sink) => self.start_export(sink),
                 Msg::ExportSeal(sink) => self.export_seal(sink),
                 Msg::Adopt { fd, carried } => self.adopt(fd, carried),
+                Msg::Restore(listeners) => self.restore(listeners),
             }
         }
         self.msgs = msgs;
