@@ -589,4 +589,12 @@ mod tests {
         assert_eq!(decimals(&[0.0, 0.2, 0.4]), 1);
         assert_eq!(decimals(&[0.0, 5.0, 10.0]), 0);
     }
+
+    #[test]
+    fn log_ticks_read_as_plain_numbers() {
+        let t = Axis::Log.ticks(0.04, 1.5);
+        assert_eq!(t, [0.05, 0.1, 0.2, 0.5, 1.0]);
+        let labels: Vec<String> = t.iter().map(|&v| Axis::Log.label(v, 0)).collect();
+        assert_eq!(labels, ["0.05", "0.1", "0.2", "0.5", "1"]);
+    }
 }
