@@ -66,16 +66,16 @@ fn setup_figures(
     rep: &mut ScenarioReport,
 ) -> anyhow::Result<()> {
     let r = setup::run(c, s).map_err(|e| anyhow::anyhow!("{} setup: {e:#}", peer.name))?;
-    let c_ = s.concurrency;
+    let conc = s.concurrency;
     for f in &r.figures {
         match f.name.as_str() {
             "setups" => rep
                 .figures
-                .push(named(f, peer, &format!("setups, concurrency {c_}"))),
+                .push(named(f, peer, &format!("setups, concurrency {conc}"))),
             "done p50" | "done p99" => {
                 let q = &f.name[5..];
                 rep.figures
-                    .push(named(f, peer, &format!("setup {q}, concurrency {c_}")));
+                    .push(named(f, peer, &format!("setup {q}, concurrency {conc}")));
             }
             _ => {}
         }
@@ -85,7 +85,7 @@ fn setup_figures(
             continue;
         }
         let mut l = l;
-        l.name = format!("setup, concurrency {c_}");
+        l.name = format!("setup, concurrency {conc}");
         if l.target != "direct" {
             l.target = peer.name.clone();
         }
