@@ -205,8 +205,10 @@ pub enum Cmd {
     Idle(IdleArgs),
     /// Open-loop Poisson arrivals with heavy-tailed sizes; goodput and latency.
     Mixed(MixedArgs),
-    /// streamhost beside other XEP-0065 proxies installed here (Prosody's mod_proxy65), the
-    /// same bulk transfers interleaved with direct TCP; missing ones are named and skipped.
+    /// streamhost beside the other proxies installed here (Prosody's and ejabberd's
+    /// mod_proxy65, HAProxy as a plain TCP relay), each spawned on loopback: the same bulk
+    /// transfers interleaved with direct TCP, setups at a concurrency, RSS per idle pair;
+    /// missing ones are named and skipped.
     Peers(PeersArgs),
     /// Compare two report.json files (ratio B/A per figure).
     Compare {
@@ -238,6 +240,18 @@ pub struct PeersArgs {
     /// Bytes per pair and round.
     #[arg(long, value_parser = parse_size, default_value = "256MiB")]
     pub bytes: u64,
+    /// Pair setups per round and SOCKS5 peer (0: none), each carrying 1 KiB.
+    #[arg(long, default_value_t = 1000)]
+    pub setups: usize,
+    /// Setups in progress at once.
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+    /// Idle pairs held per SOCKS5 peer for its RSS per pair (0: none).
+    #[arg(long, default_value_t = 1000)]
+    pub idle_pairs: usize,
+    /// Seconds to hold them.
+    #[arg(long, default_value_t = 3)]
+    pub hold: u64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -6,7 +6,7 @@ use crate::socks5_client;
 use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where pairs go.
@@ -19,13 +19,19 @@ pub enum Target {
         addr: SocketAddr,
         control: Arc<Control>,
     },
+    /// A plain TCP relay (HAProxy) at `addr` that forwards every connection to `backend`,
+    /// a listener of ours: no SOCKS5, no pairing, the reference for any relay.
+    Relay {
+        addr: SocketAddr,
+        backend: Arc<Mutex<TcpListener>>,
+    },
 }
 
 impl Target {
     /// Whether a direction that carries nothing may be half-closed (its FIN relayed).
     pub fn takes_half_close(&self) -> bool {
         match self {
-            Target::Direct => true,
+            Target::Direct | Target::Relay { .. } => true,
             Target::Proxy { control, .. } => !control.conservative,
         }
     }
@@ -38,6 +44,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Proxy { .. } => "proxy",
+            Target::Relay { .. } => "relay",
         }
     }
 }
@@ -104,6 +111,37 @@ fn direct_pair() -> anyhow::Result<(TcpStream, TcpStream)> {
     })
 }
 
+/// One connection through the relay and its far end, accepted on the backend listener
+/// (held locked so that what is accepted is this connection).
+fn relay_pair(
+    addr: SocketAddr,
+    backend: &Mutex<TcpListener>,
+) -> anyhow::Result<(TcpStream, TcpStream)> {
+    let l = backend
+        .lock()
+        .map_err(|_| anyhow::anyhow!("relay backend lock poisoned"))?;
+    l.set_nonblocking(true)?;
+    // Whatever waits there (a probe's far end) is not this pair's.
+    while l.accept().is_ok() {}
+    let a = TcpStream::connect_timeout(&addr, STEP_TIMEOUT)?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let b = loop {
+        match l.accept() {
+            Ok((b, _)) => break b,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "relay {addr} did not connect to its backend within {STEP_TIMEOUT:?}"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    b.set_nonblocking(false)?;
+    Ok((a, b))
+}
+
 /// Sets up pair `id`: target half first, then requester half, then activation (the order
 /// of XEP-0065).
 pub fn setup(target: &Target, tag: &str, id: u64) -> anyhow::Result<Pair> {
@@ -111,6 +149,13 @@ pub fn setup(target: &Target, tag: &str, id: u64) -> anyhow::Result<Pair> {
     let (requester, target_conn, handshaken, activated) = match target {
         Target::Direct => {
             let (a, b) = direct_pair()?;
+            a.set_nodelay(true)?;
+            b.set_nodelay(true)?;
+            let t = Instant::now();
+            (a, b, t, t)
+        }
+        Target::Relay { addr, backend } => {
+            let (a, b) = relay_pair(*addr, backend)?;
             a.set_nodelay(true)?;
             b.set_nodelay(true)?;
             let t = Instant::now();

@@ -348,21 +348,9 @@ pub fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
                     });
                 }
                 let mut skipped = crate::peers::missing_lines();
-                // Kept alive until the scenario ends; stopped on drop.
-                let prosody = if crate::peers::installed("prosody") {
-                    match crate::peers::Prosody::spawn(&secret, READY) {
-                        Ok(p) => {
-                            peers.push(p.peer(&secret, READY)?);
-                            Some(p)
-                        }
-                        Err(e) => {
-                            skipped.push(format!("prosody mod_proxy65: skipped, {e:#}"));
-                            None
-                        }
-                    }
-                } else {
-                    None
-                };
+                // Kept alive until the scenario ends; each stopped on drop.
+                let running =
+                    crate::peers::spawn_installed(&secret, READY, &mut peers, &mut skipped);
                 let rep = peers::run(
                     ctx,
                     &peers,
@@ -372,9 +360,19 @@ pub fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
                         bytes: a.bytes,
                         both_ways: false,
                     },
+                    &setup::SetupParams {
+                        count: a.setups,
+                        concurrency: a.concurrency,
+                        payload: 1024,
+                    },
+                    &idle::IdleParams {
+                        pairs: a.idle_pairs,
+                        hold: Duration::from_secs(a.hold),
+                        concurrency: 8,
+                    },
                 );
                 drop(peers);
-                drop(prosody);
+                drop(running);
                 rep
             })]
         }

@@ -18,6 +18,10 @@ fn color(target: &str, i: usize) -> RGBColor {
     match target {
         t if t.starts_with("proxy") || t == "streamhost" => PROXY,
         "direct" => DIRECT,
+        // The peers keep their colour from figure to figure.
+        t if t.starts_with("prosody") => OTHER[1],
+        t if t.starts_with("ejabberd") => OTHER[0],
+        t if t.starts_with("haproxy") => BLACK,
         _ => OTHER[i % OTHER.len()],
     }
 }
@@ -32,6 +36,9 @@ enum Axis {
     Pairs,
     /// Microseconds: log scale, ticks at 1-2-5 or powers of ten, labelled `100 us`, `1 ms`.
     Micros,
+    /// Values spanning more than a decade (ratios of proxies far apart): log scale, ticks
+    /// at 1-2-5 (`0.05`, `0.1`, `0.2`, ...).
+    Log,
 }
 
 impl Axis {
@@ -39,13 +46,14 @@ impl Axis {
         match self {
             Axis::Linear | Axis::Count => v,
             Axis::Pairs | Axis::Micros => v.max(1e-3).log10(),
+            Axis::Log => v.max(1e-6).log10(),
         }
     }
 
     fn unmap(self, v: f64) -> f64 {
         match self {
             Axis::Linear | Axis::Count => v,
-            Axis::Pairs | Axis::Micros => 10f64.powf(v),
+            Axis::Pairs | Axis::Micros | Axis::Log => 10f64.powf(v),
         }
     }
 
@@ -88,9 +96,9 @@ impl Axis {
                 }
                 out
             }
-            Axis::Micros => {
+            Axis::Micros | Axis::Log => {
                 let mut all = Vec::new();
-                let mut decade = 1f64;
+                let mut decade = if self == Axis::Log { 1e-4 } else { 1.0 };
                 while decade <= 1e9 {
                     for m in [1.0, 2.0, 5.0] {
                         let v = m * decade;
@@ -114,6 +122,11 @@ impl Axis {
     fn label(self, v: f64, decimals: usize) -> String {
         match self {
             Axis::Micros => human_us(v),
+            // 1-2-5 ticks over decades: each with the decimals it needs (0.05, 0.5, 5).
+            Axis::Log => {
+                let d = self::decimals(&[v]);
+                format!("{v:.d$}")
+            }
             _ => format!("{v:.decimals$}"),
         }
     }
@@ -190,27 +203,34 @@ struct Panel<'a> {
     lines: Vec<Line>,
     /// A dashed horizontal line (1.0 on ratio panels) and its legend label.
     reference: Option<(f64, &'a str)>,
-    /// The legend in the upper right corner instead of the lower right.
-    legend_top: bool,
 }
 
 fn draw(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &Panel) -> anyhow::Result<()> {
     let pts = || p.lines.iter().flat_map(|l| l.points.iter());
     let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
-    let mut y1 = p.reference.map_or(0.0, |r| r.0);
+    let mut ys: Vec<f64> = p.reference.iter().map(|r| r.0).collect();
     for &(x, y) in pts() {
         x0 = x0.min(x);
         x1 = x1.max(x);
-        y1 = y1.max(y);
+        ys.push(y);
     }
     for l in &p.lines {
-        for &(_, hi) in &l.ranges {
-            y1 = y1.max(hi);
+        for &(lo, hi) in &l.ranges {
+            ys.extend([lo, hi]);
         }
     }
     if !x0.is_finite() {
         return Ok(());
     }
+    let y0 = ys.iter().copied().fold(f64::INFINITY, f64::min);
+    let y1 = ys.iter().copied().fold(0.0, f64::max);
+    // A log y axis when the values span more than a decade: otherwise the small ones
+    // (a proxy at 0.05x beside one at 0.7x) sit on the floor.
+    let y = if y0 > 0.0 && y1 / y0 > 10.0 {
+        Axis::Log
+    } else {
+        Axis::Linear
+    };
     let ticks = p.x.ticks(x0, x1);
     let (mut m0, mut m1) = (p.x.map(x0), p.x.map(x1));
     if m1 - m0 < 1e-9 {
@@ -221,10 +241,20 @@ fn draw(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &Panel) -> anyhow::Result<
         m0 -= pad;
         m1 += pad;
     }
-    let y1 = if y1 <= 0.0 { 1.0 } else { y1 * 1.12 };
+    let (ylo, yhi, y_keys) = if y == Axis::Log {
+        let keys = Axis::Log.ticks(y0 / 1.3, y1 * 1.3);
+        (y.map(y0 / 1.3), y.map(y1 * 1.3), keys)
+    } else {
+        let hi = if y1 <= 0.0 { 1.0 } else { y1 * 1.12 };
+        (0.0, hi, Axis::Linear.ticks(0.0, hi))
+    };
+    // Room above the data for the legend (one row per line and reference), so that it
+    // covers no point.
+    let rows = p.lines.len() + usize::from(p.reference.is_some());
+    let f = (0.055 * rows as f64 + 0.03).min(0.5);
+    let yhi = yhi + (yhi - ylo) * f / (1.0 - f);
     let x_keys: Vec<f64> = ticks.iter().map(|&t| p.x.map(t)).collect();
-    let y_keys = Axis::Linear.ticks(0.0, y1);
-    let y_keys_mapped = y_keys.clone();
+    let y_keys_mapped: Vec<f64> = y_keys.iter().map(|&t| y.map(t)).collect();
     let mut chart = ChartBuilder::on(area)
         .caption(p.title, ("sans-serif", 20))
         .margin(12)
@@ -237,24 +267,30 @@ fn draw(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &Panel) -> anyhow::Result<
                 keys: x_keys,
             },
             Keyed {
-                lo: 0.0,
-                hi: y1,
+                lo: ylo,
+                hi: yhi,
                 keys: y_keys_mapped,
             },
         )?;
     let x = p.x;
     let (xd, yd) = (decimals(&ticks), decimals(&y_keys));
+    let y_desc = if y == Axis::Log {
+        format!("{} (log scale)", p.y_desc)
+    } else {
+        p.y_desc.to_string()
+    };
     chart
         .configure_mesh()
         .x_desc(p.x_desc)
-        .y_desc(p.y_desc)
+        .y_desc(y_desc)
         .x_label_formatter(&|v| x.label(x.unmap(*v), xd))
-        .y_label_formatter(&|v| Axis::Linear.label(*v, yd))
+        .y_label_formatter(&|v| y.label(y.unmap(*v), yd))
         .light_line_style(WHITE)
         .bold_line_style(BLACK.mix(0.12))
         .draw()?;
-    if let Some((y, label)) = p.reference {
-        let dashes = DashedLineSeries::new(vec![(m0, y), (m1, y)], 6, 4, BLACK.mix(0.6).into());
+    if let Some((r, label)) = p.reference {
+        let r = y.map(r);
+        let dashes = DashedLineSeries::new(vec![(m0, r), (m1, r)], 6, 4, BLACK.mix(0.6).into());
         chart
             .draw_series(dashes)?
             .label(label)
@@ -262,7 +298,11 @@ fn draw(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &Panel) -> anyhow::Result<
     }
     for l in &p.lines {
         let c = l.color;
-        let mapped: Vec<(f64, f64)> = l.points.iter().map(|&(a, b)| (x.map(a), b)).collect();
+        let mapped: Vec<(f64, f64)> = l
+            .points
+            .iter()
+            .map(|&(a, b)| (x.map(a), y.map(b)))
+            .collect();
         chart
             .draw_series(LineSeries::new(mapped.clone(), c.stroke_width(2)))?
             .label(l.name.clone())
@@ -270,18 +310,14 @@ fn draw(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &Panel) -> anyhow::Result<
         chart.draw_series(mapped.iter().map(|&pt| Circle::new(pt, 3, c.filled())))?;
         for (&(px, _), &(lo, hi)) in mapped.iter().zip(&l.ranges) {
             chart.draw_series(std::iter::once(PathElement::new(
-                vec![(px, lo), (px, hi)],
+                vec![(px, y.map(lo)), (px, y.map(hi))],
                 c.mix(0.7).stroke_width(1),
             )))?;
         }
     }
     chart
         .configure_series_labels()
-        .position(if p.legend_top {
-            SeriesLabelPosition::UpperRight
-        } else {
-            SeriesLabelPosition::LowerRight
-        })
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .draw()?;
@@ -354,7 +390,6 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 y_desc: "Gbit/s",
                 lines: tp.iter().enumerate().map(|(i, x)| line_of(x, i)).collect(),
                 reference: None,
-                legend_top: false,
             }];
             let ratio: Vec<&Series> = s
                 .series
@@ -363,13 +398,16 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 .collect();
             if !ratio.is_empty() {
                 panels.push(Panel {
-                    title: "proxy / direct",
+                    title: "ratio to direct (median, range over rounds)",
                     x: Axis::Pairs,
                     x_desc: "pairs (log scale)",
                     y_desc: "ratio to direct",
-                    lines: ratio.iter().map(|x| line_of(x, 0)).collect(),
+                    lines: ratio
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| line_of(x, i))
+                        .collect(),
                     reference: Some((1.0, "direct = 1.0")),
-                    legend_top: false,
                 });
             }
             let p = dir.join(format!("{}_throughput_vs_pairs.svg", slug(&s.name)));
@@ -398,7 +436,6 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                     .map(|(i, x)| line_of(x, i))
                     .collect(),
                 reference: None,
-                legend_top: false,
             }];
             let proxy = lines.iter().find(|x| x.target == "proxy");
             let direct = lines.iter().find(|x| x.target == "direct");
@@ -426,7 +463,6 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                         },
                     ],
                     reference: Some((1.0, "direct = 1.0")),
-                    legend_top: false,
                 });
             }
             let p = dir.join(format!("{}_{}.svg", slug(&s.name), slug(n)));
@@ -465,7 +501,6 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                     y_desc: "ratio to direct",
                     lines,
                     reference: Some((1.0, "direct = 1.0")),
-                    legend_top: true,
                 }],
             )?;
             out.push(p);
@@ -492,7 +527,6 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                         .map(|(i, x)| line_of(x, i))
                         .collect(),
                     reference: None,
-                    legend_top: false,
                 }],
             )?;
             out.push(p);
@@ -521,7 +555,6 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                         })
                         .collect(),
                     reference: None,
-                    legend_top: false,
                 }],
             )?;
             out.push(p);
@@ -555,5 +588,13 @@ mod tests {
         assert_eq!(Axis::Count.ticks(1.0, 3.0), [1.0, 2.0, 3.0]);
         assert_eq!(decimals(&[0.0, 0.2, 0.4]), 1);
         assert_eq!(decimals(&[0.0, 5.0, 10.0]), 0);
+    }
+
+    #[test]
+    fn log_ticks_read_as_plain_numbers() {
+        let t = Axis::Log.ticks(0.04, 1.5);
+        assert_eq!(t, [0.05, 0.1, 0.2, 0.5, 1.0]);
+        let labels: Vec<String> = t.iter().map(|&v| Axis::Log.label(v, 0)).collect();
+        assert_eq!(labels, ["0.05", "0.1", "0.2", "0.5", "1"]);
     }
 }

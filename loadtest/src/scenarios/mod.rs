@@ -5,6 +5,7 @@ pub mod bulk;
 pub mod idle;
 pub mod mixed;
 pub mod peers;
+pub mod peers_setup_idle;
 pub mod setup;
 
 use crate::pairs::{Pair, Target};

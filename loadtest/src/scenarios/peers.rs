@@ -3,10 +3,12 @@
 //! rounds and each ratio the median of the rounds' own ratios to direct.
 
 use super::bulk::{run_one, BulkParams, BulkRun};
+use super::idle::IdleParams;
+use super::setup::SetupParams;
 use super::Ctx;
 use crate::pairs::Target;
 use crate::peers::Peer;
-use crate::report::model::{Figure, ScenarioReport, Series};
+use crate::report::model::{median, range, Figure, ScenarioReport, Series};
 use std::time::Instant;
 
 pub fn run(
@@ -14,6 +16,8 @@ pub fn run(
     peers: &[Peer],
     skipped: &[String],
     p: &BulkParams,
+    setup: &SetupParams,
+    idle: &IdleParams,
 ) -> anyhow::Result<ScenarioReport> {
     let started = Instant::now();
     let rounds = ctx.rounds.max(1);
@@ -23,6 +27,9 @@ pub fn run(
             ("pairs".into(), format!("{:?}", p.pairs)),
             ("bytes_per_pair".into(), p.bytes.to_string()),
             ("rounds".into(), rounds.to_string()),
+            ("setups".into(), setup.count.to_string()),
+            ("concurrency".into(), setup.concurrency.to_string()),
+            ("idle_pairs".into(), idle.pairs.to_string()),
             (
                 "peers".into(),
                 peers
@@ -98,6 +105,68 @@ pub fn run(
             true,
         ));
     }
+    // Against pairs (the plot's x axis): each target's throughput, each peer's ratio.
+    let curve = |name: &str, target: &str, y: &str, per_count: Vec<Vec<f64>>| {
+        let (points, ranges) = p
+            .pairs
+            .iter()
+            .zip(per_count)
+            .map(|(&n, v)| {
+                let [lo, hi] = range(&v).unwrap_or([0.0, 0.0]);
+                ((n as f64, median(&v)), (lo, hi))
+            })
+            .unzip();
+        Series {
+            name: name.into(),
+            target: target.into(),
+            x_label: "pairs".into(),
+            y_label: y.into(),
+            points,
+            ranges,
+        }
+    };
+    let agg = |v: &Vec<BulkRun>| v.iter().map(|r| r.aggregate_gbps).collect::<Vec<_>>();
+    rep.series.push(curve(
+        "aggregate throughput",
+        "direct",
+        "Gbit/s",
+        runs[0].iter().map(agg).collect(),
+    ));
+    for (k, peer) in peers.iter().enumerate() {
+        rep.series.push(curve(
+            "aggregate throughput",
+            &peer.name,
+            "Gbit/s",
+            runs[k + 1].iter().map(agg).collect(),
+        ));
+    }
+    for (k, peer) in peers.iter().enumerate() {
+        let ratios = runs[k + 1]
+            .iter()
+            .zip(&runs[0])
+            .map(|(m, d)| {
+                m.iter()
+                    .zip(d)
+                    .filter(|(_, d)| d.aggregate_gbps > 0.0)
+                    .map(|(m, d)| m.aggregate_gbps / d.aggregate_gbps)
+                    .collect()
+            })
+            .collect();
+        rep.series
+            .push(curve("ratio to direct", &peer.name, "ratio", ratios));
+    }
+    if peers
+        .iter()
+        .any(|x| matches!(x.target, Target::Relay { .. }))
+    {
+        rep.notes.push(
+            "The plain TCP relay is not a SOCKS5 proxy: no handshake, no pairing, no \
+             activation, one connection forwarded to a fixed address. Its ratio is what \
+             relaying alone costs on this machine, the floor for any proxy."
+                .into(),
+        );
+    }
+    super::peers_setup_idle::add(ctx, peers, setup, idle, &mut rep)?;
     rep.notes.extend(skipped.iter().cloned());
     rep.wall_s = started.elapsed().as_secs_f64();
     Ok(rep)
