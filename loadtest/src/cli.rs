@@ -250,9 +250,14 @@ pub struct AbuseArgs {
     /// Legitimate pairs moving --bytes each (one way, every byte checked) in each phase.
     #[arg(long, default_value_t = 4)]
     pub pairs: usize,
-    /// Bytes per legitimate pair and phase.
-    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    /// Bytes per legitimate pair and phase, at most: see --seconds.
+    #[arg(long, value_parser = parse_size, default_value = "1GiB")]
     pub bytes: u64,
+    /// Seconds the legitimate transfers of a phase may take: senders stop there if their
+    /// bytes are not through (what arrived is checked and counted), so a phase ends in
+    /// bounded time however slow the relay gets.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    pub seconds: f64,
     /// Legitimate setups per second during the transfers (each set up, activated and
     /// checked with a 1 KiB payload); their latency and failures are reported.
     #[arg(long, value_name = "N", default_value_t = 40.0)]
@@ -264,14 +269,14 @@ pub struct AbuseArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub trickle: usize,
     /// Bytes a trickling receiver reads each second.
-    #[arg(long, value_parser = parse_size, default_value = "4KiB")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4KiB")]
     pub trickle_bytes: u64,
     /// Connections sending their SOCKS5 handshake one byte a second, never finishing
     /// (one replaced when the proxy closes it).
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(long, value_name = "N", default_value_t = 2000)]
     pub slowloris: usize,
     /// Handshaken halves with random keys that no peer will ever join, held open.
-    #[arg(long, value_name = "N", default_value_t = 4000)]
+    #[arg(long, value_name = "N", default_value_t = 6000)]
     pub flood: usize,
     /// Loopback source addresses (127.x.y.z) the flood, slowloris and churn connections
     /// are spread over.

@@ -8,8 +8,8 @@
 //! rounds), setup latency and failures, the proxy's fds and RSS before, during and after
 //! each phase (from /proc), what its metrics counted, and what each abuser saw.
 
-use super::bulk::{run_one as bulk_once, BulkParams, BulkRun};
 use super::setup_stream::{self, StreamRun};
+use super::timed_bulk::{self, TimedRun};
 use super::Ctx;
 use crate::abusers::{churn, flood, slow_readers, slowloris, Shared, Tally};
 use crate::cli::AbuseArgs;
@@ -35,6 +35,8 @@ pub struct AbuseParams {
     pub source_addrs: u32,
     pub churn_rate: f64,
     pub ramp: Duration,
+    /// The legitimate transfers stop here if their bytes are not through by then.
+    pub seconds: Duration,
 }
 
 impl From<&AbuseArgs> for AbuseParams {
@@ -51,6 +53,7 @@ impl From<&AbuseArgs> for AbuseParams {
             source_addrs: a.source_addrs,
             churn_rate: a.churn_rate,
             ramp: Duration::from_secs_f64(a.ramp.max(0.0)),
+            seconds: Duration::from_secs_f64(a.seconds.max(0.1)),
         }
     }
 }
@@ -77,7 +80,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 const RELEASE_SLACK: u64 = 4;
 
 /// What the metrics growth is read for.
-const COUNTERS: [&str; 9] = [
+const COUNTERS: [&str; 10] = [
+    "streamhost_relay_wakeups_deferred",
     "streamhost_refusals",
     "streamhost_relay_stalls",
     "streamhost_relay_fallbacks",
@@ -98,7 +102,7 @@ const GAUGES: [&str; 3] = [
 
 /// One phase: the legitimate load, alone or beside the abusers.
 struct Phase {
-    bulk: BulkRun,
+    bulk: TimedRun,
     setups: StreamRun,
     before: Option<ProcSample>,
     during: Option<ProcSample>,
@@ -171,11 +175,6 @@ fn run_phase(
     let before = sampler.take();
     let sh = Shared::new(ctx.deadline);
     let legit_done = AtomicBool::new(false);
-    let bulk_params = BulkParams {
-        pairs: vec![p.pairs],
-        bytes: p.bytes,
-        both_ways: false,
-    };
     let (bulk, setups, during, gauges, tallies) = std::thread::scope(|s| {
         let mut abusers = Vec::new();
         if abuse {
@@ -218,7 +217,7 @@ fn run_phase(
             }
         }
         let stream = s.spawn(|| setup_stream::run(ctx, target, p.setup_rate, &legit_done));
-        let bulk = bulk_once(ctx, target, p.pairs, &bulk_params);
+        let bulk = timed_bulk::run(ctx, target, p.pairs, p.bytes, p.seconds);
         legit_done.store(true, Ordering::Relaxed);
         let setups = stream.join().expect("setup stream panicked");
         // Before the abusers stop: the proxy holding all of them.
@@ -300,6 +299,7 @@ pub fn run(ctx: &Ctx, p: &AbuseParams) -> anyhow::Result<ScenarioReport> {
             ("flood".into(), p.flood.to_string()),
             ("source_addrs".into(), p.source_addrs.to_string()),
             ("churn_per_s".into(), p.churn_rate.to_string()),
+            ("seconds".into(), p.seconds.as_secs_f64().to_string()),
             ("rounds".into(), rounds.to_string()),
         ],
         compared: Some([WITH.into(), WITHOUT.into()]),
@@ -384,6 +384,28 @@ fn figures(rep: &mut ScenarioReport, p: &AbuseParams, with: &[Phase], without: &
         },
         true,
     );
+    // Cores each side kept busy while the legitimate pairs moved their bytes: on a small
+    // machine, whether the abusers took CPU from the clients or the proxy.
+    let wall = |ph: &Phase| ph.bulk.bytes as f64 * 8.0 / 1e9 / ph.bulk.aggregate_gbps.max(1e-9);
+    let cores = |cpu: f64, ph: &Phase| cpu / wall(ph).max(1e-9);
+    let mut busy = vec![both(
+        "generator cores used",
+        "cores",
+        &|ph| cores(ph.bulk.cpu.clients, ph),
+        false,
+    )];
+    if with
+        .iter()
+        .chain(without)
+        .all(|ph| ph.bulk.cpu.proxy.is_some())
+    {
+        busy.push(both(
+            "proxy cores used",
+            "cores",
+            &|ph| cores(ph.bulk.cpu.proxy.unwrap_or(0.0), ph),
+            false,
+        ));
+    }
     let proxy_cpu = |v: &[Phase]| -> Option<f64> {
         let cpu: Option<f64> = v.iter().map(|ph| ph.bulk.cpu.proxy).sum();
         let gb = v.iter().map(|ph| ph.bulk.bytes as f64).sum::<f64>() / 1e9;
@@ -398,6 +420,12 @@ fn figures(rep: &mut ScenarioReport, p: &AbuseParams, with: &[Phase], without: &
         min_pair,
         Figure::new("legit bytes verified", "MiB", mib(with), true).with_direct(Some(mib(without))),
     ];
+    figs.extend(busy);
+    let cut = |v: &[Phase]| v.iter().filter(|ph| !ph.bulk.complete).count() as f64;
+    let mut f = Figure::new("legit phases cut at --seconds", "phases", cut(with), false)
+        .with_direct(Some(cut(without)));
+    f.ratio = None;
+    figs.push(f);
     if let (Some(w), Some(wo)) = (proxy_cpu(with), proxy_cpu(without)) {
         let mut f = Figure::new("legit: proxy CPU", "core-s/GB", w, false);
         f = f.with_direct(Some(wo));
@@ -545,6 +573,19 @@ fn figures(rep: &mut ScenarioReport, p: &AbuseParams, with: &[Phase], without: &
              it and {} without. The abusers ran on this machine's cores too, so the ratio \
              also counts the CPU they took from the legitimate clients and the proxy.",
             p.pairs, tp.value, failed_with, failed_without
+        ));
+    }
+    let first = without.first().and_then(|ph| ph.before);
+    let last = with.last().and_then(|ph| ph.after);
+    if let (Some(a), Some(b)) = (first, last) {
+        rep.notes.push(format!(
+            "The proxy's RSS was {:.1} MiB before the first phase and {:.1} MiB after the \
+             last (peak {:.1} MiB); its fds {} and {}.",
+            a.rss_kib as f64 / 1024.0,
+            b.rss_kib as f64 / 1024.0,
+            b.hwm_kib as f64 / 1024.0,
+            a.fds,
+            b.fds
         ));
     }
     for (label, v) in [(WITH, with), (WITHOUT, without)] {

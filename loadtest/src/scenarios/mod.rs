@@ -8,6 +8,7 @@ pub mod mixed;
 pub mod peers;
 pub mod setup;
 pub mod setup_stream;
+pub mod timed_bulk;
 
 use crate::pairs::{Pair, Target};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
