@@ -210,6 +210,11 @@ pub enum Cmd {
     /// transfers interleaved with direct TCP, setups at a concurrency, RSS per idle pair;
     /// missing ones are named and skipped.
     Peers(PeersArgs),
+    /// Legitimate verified transfers and setups with and without abusive clients (stalled
+    /// and trickling receivers, slowloris handshakes, random-key floods from many loopback
+    /// addresses, connection churn), alternating; what the legitimate pairs got with the
+    /// abuse as a ratio to without, and the proxy's fds, RSS and refusal counters.
+    Abuse(AbuseArgs),
     /// Compare two report.json files (ratio B/A per figure).
     Compare {
         /// The report.json taken as reference.
@@ -252,6 +257,52 @@ pub struct PeersArgs {
     /// Seconds to hold them.
     #[arg(long, default_value_t = 3)]
     pub hold: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AbuseArgs {
+    /// Legitimate pairs moving --bytes each (one way, every byte checked) in each phase.
+    #[arg(long, default_value_t = 4)]
+    pub pairs: usize,
+    /// Bytes per legitimate pair and phase, at most: see --seconds.
+    #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+    pub bytes: u64,
+    /// Seconds the legitimate transfers of a phase may take: senders stop there if their
+    /// bytes are not through (what arrived is checked and counted), so a phase ends in
+    /// bounded time however slow the relay gets.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Legitimate setups per second during the transfers (each set up, activated and
+    /// checked with a 1 KiB payload); their latency and failures are reported.
+    #[arg(long, value_name = "N", default_value_t = 40.0)]
+    pub setup_rate: f64,
+    /// Activated pairs whose receiver never reads (the sender writes until it blocks).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub stalled: usize,
+    /// Activated pairs whose receiver reads --trickle-bytes a second (checked).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub trickle: usize,
+    /// Bytes a trickling receiver reads each second.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4KiB")]
+    pub trickle_bytes: u64,
+    /// Connections sending their SOCKS5 handshake one byte a second, never finishing
+    /// (one replaced when the proxy closes it).
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub slowloris: usize,
+    /// Handshaken halves with random keys that no peer will ever join, held open.
+    #[arg(long, value_name = "N", default_value_t = 6000)]
+    pub flood: usize,
+    /// Loopback source addresses (127.x.y.z) the flood, slowloris and churn connections
+    /// are spread over.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub source_addrs: u32,
+    /// Connections opened and closed at once, per second.
+    #[arg(long, value_name = "N", default_value_t = 200.0)]
+    pub churn_rate: f64,
+    /// Seconds the abusers get to connect before the legitimate load starts (they keep
+    /// connecting while it runs).
+    #[arg(long, value_name = "S", default_value_t = 5.0)]
+    pub ramp: f64,
 }
 
 #[derive(Args, Debug, Clone)]

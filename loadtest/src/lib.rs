@@ -2,8 +2,10 @@
 //! both halves, activation over XEP-0114, data), verifies every byte, and reports figures
 //! as ratios to plain loopback TCP measured in the same run.
 
+pub mod abusers;
 pub mod cli;
 pub mod control;
+pub mod metrics_scrape;
 pub mod pairs;
 pub mod pattern;
 pub mod peers;

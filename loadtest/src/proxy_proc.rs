@@ -24,6 +24,9 @@ pub struct SpawnOptions {
     pub jid: String,
     pub secret: String,
     pub domains: Vec<String>,
+    /// Where the proxy's Prometheus endpoint listens (`[metrics] listen`), unless the
+    /// base config sets it.
+    pub metrics: Option<SocketAddr>,
 }
 
 pub struct ProxyProcess {
@@ -32,6 +35,8 @@ pub struct ProxyProcess {
     pub listen: SocketAddr,
     pub config_text: String,
     pub engine: String,
+    /// The Prometheus endpoint, when the config has one.
+    pub metrics: Option<SocketAddr>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -92,6 +97,15 @@ pub fn config_text(o: &SpawnOptions, listen: SocketAddr) -> anyhow::Result<Strin
     if let Some(b) = o.buffer_size {
         relay.insert("buffer_size".into(), toml::Value::Integer(b as i64));
     }
+    if let Some(m) = o.metrics {
+        let metrics = t
+            .entry("metrics")
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if let Some(m_t) = metrics.as_table_mut() {
+            m_t.entry("listen")
+                .or_insert_with(|| toml::Value::String(m.to_string()));
+        }
+    }
     let mut c = toml::Table::new();
     c.insert("server".into(), o.xmpp_server.to_string().into());
     c.insert("jid".into(), o.jid.clone().into());
@@ -121,6 +135,10 @@ impl ProxyProcess {
             .ok()
             .and_then(|t| t.get("relay")?.get("engine")?.as_str().map(String::from))
             .unwrap_or_else(|| "splice (default)".into());
+        let metrics = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("metrics")?.get("listen")?.as_str()?.parse().ok());
         let cfg = dir.path().join("streamhost.toml");
         std::fs::write(&cfg, &text)?;
         let log = dir.path().join("streamhost.log");
@@ -139,6 +157,7 @@ impl ProxyProcess {
             listen,
             config_text: text,
             engine,
+            metrics,
             log,
             _dir: dir,
         };
@@ -214,6 +233,7 @@ mod tests {
             jid: "proxy.localhost".into(),
             secret: "s3cret".into(),
             domains: vec!["localhost".into()],
+            metrics: None,
         }
     }
 
@@ -250,6 +270,16 @@ mod tests {
         assert_eq!(t["component"]["server"].as_str(), Some("127.0.0.1:5347"));
         assert_eq!(t["component"]["jid"].as_str(), Some("proxy.localhost"));
         assert_eq!(t["component"]["domains"][0].as_str(), Some("localhost"));
+        assert!(t.get("metrics").is_none());
+        let with = SpawnOptions {
+            metrics: Some("127.0.0.1:4001".parse().unwrap()),
+            ..opts()
+        };
+        let m: toml::Table = config_text(&with, "127.0.0.1:4000".parse().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(m["metrics"]["listen"].as_str(), Some("127.0.0.1:4001"));
         // The data-plane part still parses as the proxy's own config (minus [component]).
         let mut dp = t.clone();
         dp.remove("component");

@@ -7,7 +7,7 @@ use crate::pairs::{run_tag, Target};
 use crate::peers::Peer;
 use crate::proxy_proc::{default_bin, ProxyProcess, SpawnOptions};
 use crate::report::model::{Env, Report, ScenarioReport};
-use crate::scenarios::{bulk, idle, mixed, peers, setup, Ctx};
+use crate::scenarios::{abuse, bulk, idle, mixed, peers, setup, Ctx};
 use crate::xmpp::{component, embedded::EmbeddedServer};
 use crate::{report, sys};
 use std::sync::Arc;
@@ -38,8 +38,10 @@ impl Harness {
     /// Sets up the proxy side unless `direct_only`, then keeps this generator's load
     /// threads (all started after this) on --client-cpus. Pinning comes last so that the
     /// spawned proxy does not inherit the generator's CPUs.
-    pub fn start(c: &Common, direct_only: bool) -> anyhow::Result<Self> {
-        let mut h = Self::start_unpinned(c, direct_only)?;
+    /// With `metrics`, a spawned proxy also serves its Prometheus endpoint on a free
+    /// loopback port, for scenarios that read its counters.
+    pub fn start(c: &Common, direct_only: bool, metrics: bool) -> anyhow::Result<Self> {
+        let mut h = Self::start_unpinned(c, direct_only, metrics)?;
         if let Some(cpus) = &c.client_cpus {
             streamhost::affinity::pin_current_thread(cpus)
                 .map_err(|e| anyhow::anyhow!("--client-cpus {cpus:?}: {e}"))?;
@@ -48,7 +50,7 @@ impl Harness {
         Ok(h)
     }
 
-    fn start_unpinned(c: &Common, direct_only: bool) -> anyhow::Result<Self> {
+    fn start_unpinned(c: &Common, direct_only: bool, metrics: bool) -> anyhow::Result<Self> {
         let mut env = Env {
             kernel: sys::kernel(),
             cores: sys::cores(),
@@ -67,6 +69,7 @@ impl Harness {
             io_timeout: Duration::from_secs(c.io_timeout.max(1)),
             deadline: Instant::now() + Duration::from_secs(c.time_limit),
             proxy_pid: None,
+            metrics: None,
             tag: run_tag(),
             rounds: c.rounds.map_or(DEFAULT_ROUNDS, |r| r as usize),
         };
@@ -174,12 +177,18 @@ impl Harness {
                     jid: c.proxy_jid.clone(),
                     secret: c.secret.clone(),
                     domains: vec![domain.clone()],
+                    metrics: if metrics {
+                        Some(([127, 0, 0, 1], crate::proxy_proc::free_port()?).into())
+                    } else {
+                        None
+                    },
                 };
                 let p = ProxyProcess::spawn(&opts, READY)?;
                 env.proxy = format!("spawned {} (pid {})", opts.bin.display(), p.pid);
                 env.proxy_engine = Some(p.engine.clone());
                 env.proxy_config = Some(p.config_text.clone());
                 ctx.proxy_pid = Some(p.pid);
+                ctx.metrics = p.metrics;
                 let addr = p.listen;
                 (Some(p), addr)
             }
@@ -240,7 +249,7 @@ type Step = Box<dyn Fn(&Ctx) -> anyhow::Result<ScenarioReport>>;
 /// Runs one scenario command; returns the report (with errors, if any).
 pub fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
     let direct_only = matches!(cmd, Cmd::Direct(_));
-    let h = Harness::start(c, direct_only)?;
+    let h = Harness::start(c, direct_only, matches!(cmd, Cmd::Abuse(_)))?;
     let mut rep = Report {
         env: h.env.clone(),
         ..Default::default()
@@ -376,6 +385,9 @@ pub fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
                 rep
             })]
         }
+        Cmd::Abuse(a) => vec![Box::new(move |ctx| {
+            abuse::run(ctx, &abuse::AbuseParams::from(&a))
+        })],
         Cmd::Compare { .. } => anyhow::bail!("compare runs no load"),
     };
     for step in steps {

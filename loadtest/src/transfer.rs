@@ -116,6 +116,77 @@ pub fn send(stream: &mut TcpStream, leg: &Leg, buf: &mut Vec<u8>) -> Result<(), 
     Ok(())
 }
 
+/// Writes pattern bytes until `leg.bytes` are sent or `until` has passed (checked between
+/// writes), then shuts the write side down; returns how many were sent.
+pub fn send_until(
+    stream: &mut TcpStream,
+    leg: &Leg,
+    buf: &mut Vec<u8>,
+    until: Instant,
+) -> Result<u64, DataError> {
+    buf.resize(IO_SIZE, 0);
+    let mut off = 0u64;
+    while off < leg.bytes && Instant::now() < until {
+        let n = ((leg.bytes - off) as usize).min(IO_SIZE);
+        pattern::fill(leg.seed, off, &mut buf[..n]);
+        if let Err(err) = stream.write_all(&buf[..n]) {
+            return Err(DataError::Io {
+                leg: leg.name(),
+                offset: off,
+                what: "write",
+                err,
+            });
+        }
+        off += n as u64;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    Ok(off)
+}
+
+/// Reads and checks pattern bytes until the peer closes (at most `leg.bytes`); returns
+/// how many arrived and when the last did. The caller compares the count with what was
+/// sent.
+pub fn receive_to_eof(
+    stream: &mut TcpStream,
+    leg: &Leg,
+    buf: &mut Vec<u8>,
+) -> Result<(u64, Instant), DataError> {
+    buf.resize(IO_SIZE, 0);
+    let mut off = 0u64;
+    let mut last = Instant::now();
+    loop {
+        let n = match stream.read(&mut buf[..]) {
+            Ok(0) => return Ok((off, last)),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(err) => {
+                return Err(DataError::Io {
+                    leg: leg.name(),
+                    offset: off,
+                    what: "read",
+                    err,
+                })
+            }
+        };
+        last = Instant::now();
+        if off + n as u64 > leg.bytes {
+            return Err(DataError::Extra {
+                leg: leg.name(),
+                total: leg.bytes,
+            });
+        }
+        if let Err(m) = pattern::check(leg.seed, off, &buf[..n]) {
+            return Err(DataError::Corrupt {
+                leg: leg.name(),
+                offset: m.offset,
+                expected: m.expected,
+                got: m.got,
+            });
+        }
+        off += n as u64;
+    }
+}
+
 /// Timings of one received direction.
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
@@ -218,6 +289,19 @@ mod tests {
         .unwrap();
         t.join().unwrap().unwrap();
         assert!(r.first_byte.unwrap() <= r.done);
+    }
+
+    #[test]
+    fn a_transfer_cut_short_in_time_arrives_whole() {
+        let (mut a, mut b) = pair();
+        let leg = Leg::new(5, 4, false, 1 << 40);
+        let l2 = leg.clone();
+        let until = Instant::now() + std::time::Duration::from_millis(100);
+        let t = std::thread::spawn(move || send_until(&mut a, &l2, &mut Vec::new(), until));
+        let (got, _) = receive_to_eof(&mut b, &leg, &mut Vec::new()).unwrap();
+        let sent = t.join().unwrap().unwrap();
+        assert!(sent > 0 && sent < leg.bytes, "{sent}");
+        assert_eq!(got, sent);
     }
 
     #[test]

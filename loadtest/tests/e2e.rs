@@ -37,6 +37,7 @@ fn rig(fault: Fault) -> Rig {
         io_timeout: Duration::from_secs(10),
         deadline: Instant::now() + Duration::from_secs(60),
         proxy_pid: Some(std::process::id()),
+        metrics: None,
         tag: run_tag(),
         rounds: 2,
     };

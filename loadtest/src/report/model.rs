@@ -39,6 +39,20 @@ pub struct ScenarioReport {
     #[serde(default)]
     pub notes: Vec<String>,
     pub wall_s: f64,
+    /// What the value and baseline columns are, when not the proxy against direct TCP
+    /// (`abuse`: with the abuse against without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compared: Option<[String; 2]>,
+}
+
+impl ScenarioReport {
+    /// The labels of the value and the baseline: `proxy` and `direct` unless set.
+    pub fn labels(&self) -> (&str, &str) {
+        match &self.compared {
+            Some([v, b]) => (v, b),
+            None => ("proxy", "direct"),
+        }
+    }
 }
 
 /// One number, with the same figure over direct TCP in the same run when there is one.

@@ -16,8 +16,8 @@ const OTHER: [RGBColor; 3] = [RGBColor(44, 160, 44), RGBColor(148, 103, 189), BL
 
 fn color(target: &str, i: usize) -> RGBColor {
     match target {
-        t if t.starts_with("proxy") || t == "streamhost" => PROXY,
-        "direct" => DIRECT,
+        t if t.starts_with("proxy") || t == "streamhost" || t == "with abuse" => PROXY,
+        "direct" | "without abuse" => DIRECT,
         // The peers keep their colour from figure to figure.
         t if t.starts_with("prosody") => OTHER[1],
         t if t.starts_with("ejabberd") => OTHER[0],
@@ -422,13 +422,18 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .collect();
         let mut names: Vec<&str> = by_round.iter().map(|x| x.name.as_str()).collect();
         names.dedup();
+        let (value, base) = s.labels();
+        let x_desc = format!("round ({base}, then {value})");
+        let ratio_title = format!("{value} / {base} in each round");
+        let ratio_desc = format!("ratio to {base}");
+        let reference = format!("{base} = 1.0");
         for n in names {
             let lines: Vec<&Series> = by_round.iter().copied().filter(|x| x.name == n).collect();
             let title = format!("{}: {n}, each round", s.name);
             let mut panels = vec![Panel {
                 title: &title,
                 x: Axis::Count,
-                x_desc: "round (direct, then proxy)",
+                x_desc: &x_desc,
                 y_desc: "Gbit/s",
                 lines: lines
                     .iter()
@@ -437,20 +442,20 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                     .collect(),
                 reference: None,
             }];
-            let proxy = lines.iter().find(|x| x.target == "proxy");
-            let direct = lines.iter().find(|x| x.target == "direct");
+            let proxy = lines.iter().find(|x| x.target == value);
+            let direct = lines.iter().find(|x| x.target == base);
             if let (Some(p), Some(d)) = (proxy, direct) {
                 let ratios = round_ratios(p, d);
                 let med = median(&ratios.iter().map(|r| r.1).collect::<Vec<_>>());
                 let ends = [ratios.first(), ratios.last()];
                 panels.push(Panel {
-                    title: "proxy / direct in each round",
+                    title: &ratio_title,
                     x: Axis::Count,
                     x_desc: "round",
-                    y_desc: "ratio to direct",
+                    y_desc: &ratio_desc,
                     lines: vec![
                         Line {
-                            name: "proxy / direct".into(),
+                            name: format!("{value} / {base}"),
                             color: PROXY,
                             points: ratios.clone(),
                             ranges: Vec::new(),
@@ -462,7 +467,7 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                             ranges: Vec::new(),
                         },
                     ],
-                    reference: Some((1.0, "direct = 1.0")),
+                    reference: Some((1.0, &reference)),
                 });
             }
             let p = dir.join(format!("{}_{}.svg", slug(&s.name), slug(n)));

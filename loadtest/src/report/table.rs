@@ -31,6 +31,11 @@ fn rows(report: &Report, md: bool) -> String {
     let mut o = String::new();
     for s in &report.scenarios {
         let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // The terminal's first column has always been "value" against the proxy.
+        let (value, base) = match s.labels() {
+            ("proxy", b) => ("value", b),
+            l => l,
+        };
         if md {
             let _ = writeln!(
                 o,
@@ -41,7 +46,9 @@ fn rows(report: &Report, md: bool) -> String {
             );
             let _ = writeln!(
                 o,
-                "| figure | proxy | direct | ratio (range over rounds) | unit |\n|---|---:|---:|---:|---|"
+                "| figure | {} | {} | ratio (range over rounds) | unit |\n|---|---:|---:|---:|---|",
+                s.labels().0,
+                s.labels().1
             );
         } else {
             let _ = writeln!(
@@ -53,8 +60,8 @@ fn rows(report: &Report, md: bool) -> String {
             );
             let _ = writeln!(
                 o,
-                "  {:<34} {:>12} {:>12} {:>20}  unit",
-                "figure", "value", "direct", "ratio (range)"
+                "  {:<34} {:>13} {:>13} {:>20}  unit",
+                "figure", value, base, "ratio (range)"
             );
         }
         for f in &s.figures {
@@ -72,7 +79,7 @@ fn rows(report: &Report, md: bool) -> String {
             } else {
                 let _ = writeln!(
                     o,
-                    "  {:<34} {:>12} {:>12} {:>20}  {}",
+                    "  {:<34} {:>13} {:>13} {:>20}  {}",
                     f.name,
                     num(f.value),
                     d,

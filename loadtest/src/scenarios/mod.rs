@@ -1,12 +1,15 @@
 //! The load scenarios. Each one is bounded in count and in time, verifies every byte,
 //! and runs the same code against the proxy and against direct loopback TCP.
 
+pub mod abuse;
 pub mod bulk;
 pub mod idle;
 pub mod mixed;
 pub mod peers;
 pub mod peers_setup_idle;
 pub mod setup;
+pub mod setup_stream;
+pub mod timed_bulk;
 
 use crate::pairs::{Pair, Target};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -26,6 +29,8 @@ pub struct Ctx {
     pub deadline: Instant,
     /// The spawned proxy's pid, for /proc figures.
     pub proxy_pid: Option<u32>,
+    /// The spawned proxy's Prometheus endpoint, when it was given one (`abuse`).
+    pub metrics: Option<std::net::SocketAddr>,
     pub tag: String,
     /// Alternating rounds (direct, proxy, direct, proxy, ...) per measurement; ratios are
     /// medians of the rounds' own ratios.
