@@ -12,6 +12,7 @@ pub mod control;
 pub mod key;
 pub mod limits;
 pub mod metrics;
+mod relay;
 pub mod rendezvous;
 pub mod server;
 pub mod shaping;
