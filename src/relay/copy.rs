@@ -65,8 +65,6 @@ pub(crate) struct CopyDir {
     /// A POLLOUT on the destination is in flight.
     out_wait: bool,
     eof: bool,
-    /// Sends are zero-copy (`relay.send_zc`).
-    zc: bool,
     buffer_size: usize,
     spill: Spill,
     hold: Hold,
@@ -74,10 +72,11 @@ pub(crate) struct CopyDir {
 }
 
 /// The allowed operations in flight per direction: a recv, a send, a POLLOUT.
+#[cfg(test)]
 pub(crate) const MAX_IN_FLIGHT: usize = 3;
 
 impl CopyDir {
-    pub fn new(now: Instant, buffer_size: usize, zc: bool) -> CopyDir {
+    pub fn new(now: Instant, buffer_size: usize) -> CopyDir {
         CopyDir {
             queue: [(0, 0, 0); 2],
             queued: 0,
@@ -85,7 +84,6 @@ impl CopyDir {
             writing: false,
             out_wait: false,
             eof: false,
-            zc,
             buffer_size,
             spill: Spill::default(),
             hold: Hold::None,
@@ -98,15 +96,18 @@ impl CopyDir {
     }
 
     /// Operations in flight.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.reading as usize + self.writing as usize + self.out_wait as usize
     }
 
     /// Buffers it holds.
+    #[cfg(test)]
     pub fn buffers(&self) -> usize {
         self.queued as usize
     }
 
+    #[cfg(test)]
     pub fn spilled(&self) -> usize {
         self.spill.pending()
     }

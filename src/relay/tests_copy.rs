@@ -136,7 +136,7 @@ impl World {
         let seed = self.seed;
         let mut out = Vec::new();
         let d = &mut self.dirs[k];
-        let mut m = std::mem::replace(&mut d.m, CopyDir::new(self.now, 1, false));
+        let mut m = std::mem::replace(&mut d.m, CopyDir::new(self.now, 1));
         let mut ctx = Ctx {
             d,
             ring: &self.ring,
@@ -391,7 +391,7 @@ fn run(seed: u64, seen: &mut Seen) {
                 dst: Dest::new(&mut rng),
                 shaper: Shaper::new(&mut rng, now),
                 counts: Counts::default(),
-                m: CopyDir::new(now, size, zc),
+                m: CopyDir::new(now, size),
                 flights: Vec::new(),
                 next: None,
                 closing: false,

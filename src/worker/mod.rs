@@ -16,6 +16,7 @@ mod slab;
 
 use crate::config::{Config, Engine, Socks5Auth};
 use crate::key::KeyRouter;
+use crate::relay::Hold;
 use crate::rendezvous::Rendezvous;
 use crate::stats::WorkerStats;
 use bufring::BufRing;
@@ -83,7 +84,7 @@ pub(crate) struct Worker {
     /// Buffers or pipes given back since the waiters were last woken: that many waiters
     /// are woken by the ring loop (`wake_waiters`), never from inside the hand-back.
     wakes_owed: usize,
-    /// Bytes held in stalled directions' own buffers (`Side::spill`), bounded by
+    /// Bytes held in stalled directions' own buffers (their machines' spills), bounded by
     /// `relay.stall_bytes_per_worker`.
     spill_bytes: usize,
     /// Last `accept failed` line logged, and failures since then not logged.
@@ -102,6 +103,8 @@ pub(crate) struct Worker {
     expired: Vec<ConnId>,
     /// Directions waiting for shaping tokens: (when, slot index, generation), soonest first.
     throttled: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u32, u32)>>,
+    /// What a copy direction's machine asked for last (kept to reuse its allocation).
+    actions: Vec<crate::relay::copy::Action>,
     /// Guards of running relays by key, dropped when the relay ends.
     guards: std::collections::HashMap<crate::key::StreamKey, Box<dyn Send>>,
 }
@@ -150,6 +153,7 @@ impl Worker {
             msgs: Vec::new(),
             expired: Vec::new(),
             guards: Default::default(),
+            actions: Vec::new(),
             throttled: Default::default(),
             shared,
         })
@@ -334,13 +338,9 @@ impl Worker {
                 self.wakes_owed = 0;
                 break;
             };
-            let Some(s) = relay::side_of(&mut self.conns, id) else {
-                continue;
-            };
-            if !s.starving {
+            if relay::side_of(&mut self.conns, id).is_none_or(|s| s.dir.hold() != Hold::Pool) {
                 continue;
             }
-            s.starving = false;
             self.waiting -= 1;
             self.wakes_owed -= 1;
             budget -= 1;
@@ -357,7 +357,7 @@ impl Worker {
             // amortised over the entries that made the queue grow).
             let conns = &mut self.conns;
             self.starving
-                .retain(|&id| relay::side_of(conns, id).is_some_and(|s| s.starving));
+                .retain(|&id| relay::side_of(conns, id).is_some_and(|s| s.dir.hold() == Hold::Pool));
         }
     }
 
@@ -481,7 +481,8 @@ impl Worker {
             return;
         };
         debug_assert_eq!(c.inflight, 0);
-        if let Phase::Relay(side) = &c.phase {
+        let mut c = c;
+        if let Phase::Relay(side) = &mut c.phase {
             self.release_side(side);
         }
         if c.closing == Some(CloseKind::Abort) {
@@ -497,29 +498,40 @@ impl Worker {
         self.stats().open.fetch_sub(1, Relaxed);
     }
 
-    /// Gives back what a relay direction holds (its connection is going away): buffers,
-    /// pipe, spill bytes, its place among the waiters.
-    fn release_side(&mut self, side: &conn::Side) {
-        if let Some(b) = self.bufs.as_mut() {
-            for &(bid, _, _) in &side.queue[..side.queued as usize] {
-                b.give_back(bid);
-            }
-            if side.queued > 0 {
-                self.wake_starving();
-            }
+    /// Gives back what a relay direction holds (its connection is going away, with nothing
+    /// in flight): buffers, pipe, spill bytes, its place among the waiters.
+    fn release_side(&mut self, side: &mut conn::Side) {
+        if side.dir.hold() == Hold::Pool {
+            self.waiting -= 1;
         }
-        if let Some(p) = side.pipe {
-            if side.in_pipe == 0 {
-                self.pipes.give_back(p);
-            } else {
+        let (pipe, spill) = match &mut side.dir {
+            conn::Dir::Splice(d) => {
+                let left = d.release();
+                (left.pipe, left.spill)
+            }
+            conn::Dir::UringSplice(d) => d.release(),
+            conn::Dir::Copy(d) => {
+                let (bids, spill) = d.release();
+                if let Some(b) = self.bufs.as_mut() {
+                    for &bid in &bids {
+                        b.give_back(bid);
+                    }
+                }
+                if !bids.is_empty() {
+                    self.wake_starving();
+                }
+                (None, spill)
+            }
+        };
+        if let Some((p, dirty)) = pipe {
+            if dirty {
                 self.pipes.discard(p);
+            } else {
+                self.pipes.give_back(p);
             }
             self.wake_starving();
         }
-        self.spill_bytes -= side.spill.len() - side.spill_sent;
-        if side.starving {
-            self.waiting -= 1;
-        }
+        self.spill_bytes -= spill;
     }
 
     /// Stops at once: cancels every operation, waits (bounded) for the kernel to finish
@@ -554,12 +566,12 @@ impl Worker {
         }
         let mut leaked = 0;
         for id in self.conns.ids() {
-            if let Some(c) = self.conns.remove(id) {
+            if let Some(mut c) = self.conns.remove(id) {
                 if c.inflight > 0 {
                     // The kernel may still read or write its buffers (a reply, a recv):
                     // never free them under it. The process is stopping.
                     leaked += 1;
-                } else if let Phase::Relay(side) = &c.phase {
+                } else if let Phase::Relay(side) = &mut c.phase {
                     self.release_side(side);
                 }
                 // SAFETY: each abandoned connection's descriptor is closed once.
