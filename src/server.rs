@@ -94,6 +94,7 @@ impl Server {
             fd_budget: fd_budget(&config, workers),
             ip_limits: crate::limits::IpLimiter::new(config.source_limits()),
             shaping: shaping.clone(),
+            stream_log: crate::worker::stream_log::StreamLog::start()?,
             config,
         });
         let (ready_tx, ready_rx) = mpsc::channel();

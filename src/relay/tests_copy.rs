@@ -237,6 +237,12 @@ impl World {
             }
         }
         self.release_if_done(k);
+        // The budget accounts for exactly what the directions spilled.
+        assert_eq!(
+            self.budget.used,
+            self.dirs.iter().map(|d| d.m.spilled()).sum::<usize>(),
+            "seed {seed}"
+        );
         seen.fallbacks += std::mem::take(&mut self.dirs[k].counts.fallbacks);
     }
 

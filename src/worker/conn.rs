@@ -2,12 +2,12 @@
 
 use super::pipes::Pipe;
 use super::relay::UringDir;
-use crate::relay::copy::CopyDir;
-use crate::relay::splice::SpliceDir;
-use crate::relay::{Flow, Hold};
 use super::slab::ConnId;
 use crate::key::StreamKey;
 use crate::limits::Source;
+use crate::relay::copy::CopyDir;
+use crate::relay::splice::SpliceDir;
+use crate::relay::{Flow, Hold};
 use crate::shaping::StreamShaper;
 use crate::socks5::Handshake;
 use std::os::fd::RawFd;

@@ -13,6 +13,7 @@ mod place;
 mod relay;
 mod ring;
 mod slab;
+pub(crate) mod stream_log;
 
 use crate::config::{Config, Engine, Socks5Auth};
 use crate::key::KeyRouter;
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     pub ip_limits: crate::limits::IpLimiter,
     /// Bandwidth shaping and quotas; hands out nothing when both are off.
     pub shaping: Arc<crate::shaping::Shaping>,
+    /// The queue of finished streams' log lines to their writer thread.
+    pub stream_log: stream_log::StreamLog,
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -356,8 +359,9 @@ impl Worker {
             // Entries of connections that closed while waiting: drop them (bounded work,
             // amortised over the entries that made the queue grow).
             let conns = &mut self.conns;
-            self.starving
-                .retain(|&id| relay::side_of(conns, id).is_some_and(|s| s.dir.hold() == Hold::Pool));
+            self.starving.retain(|&id| {
+                relay::side_of(conns, id).is_some_and(|s| s.dir.hold() == Hold::Pool)
+            });
         }
     }
 

@@ -213,15 +213,17 @@ impl Worker {
         self.guards.remove(&key);
         self.stats().relays_active.fetch_sub(1, Relaxed);
         self.stats().relays_finished.fetch_add(1, Relaxed);
-        tracing::info!(
-            target: "streamhost::stream",
-            key = %key,
-            bytes_first_to_second = f2s,
-            bytes_second_to_first = s2f,
-            duration_ms = self.now.duration_since(started).as_millis() as u64,
-            outcome = if kind == CloseKind::Graceful { "done" } else { "aborted" },
-            "stream finished"
-        );
+        // Written by the log thread: a stalled journal never blocks the relays.
+        let line = super::stream_log::Finished {
+            key,
+            first_to_second: f2s,
+            second_to_first: s2f,
+            duration_ms: self.now.duration_since(started).as_millis() as u64,
+            aborted: kind == CloseKind::Abort,
+        };
+        if !self.shared.stream_log.record(line) {
+            self.stats().stream_log_dropped.fetch_add(1, Relaxed);
+        }
         self.cancel_cross_ops(id, peer);
         self.close(id, kind);
         self.close(peer, peer_kind);
