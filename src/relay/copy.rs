@@ -9,6 +9,9 @@
 //! once `relay.stall_bytes_per_worker` is used up does a short send wait in the kernel
 //! for the rest (`MSG_WAITALL`), keeping its buffer. A zero-copy send (`relay.send_zc`)
 //! is over only at its notification; a short one then spills or waits like the others.
+//! Its buffer stays pinned while its bytes wait in the destination's send queue (for a
+//! stalled receiver, until it reads), so the driver bounds how many are zero-copy
+//! (`BufEnv::zero_copy`) and the rest are plain sends.
 //!
 //! The operations are ring requests, so this machine keeps what is in flight: at most one
 //! recv, one send and one POLLOUT. A buffer is given back only by the handler that saw
@@ -26,12 +29,15 @@ pub(crate) enum Op {
     /// Recv of up to `len` bytes (0: a whole buffer) into a buffer the kernel selects.
     Recv { len: u32 },
     /// Send of `len` bytes of buffer `bid` from `off` to the destination; `wait_all`:
-    /// the kernel waits for room for all of them, otherwise it does not wait.
+    /// the kernel waits for room for all of them, otherwise it does not wait. `zc`: a
+    /// zero-copy send, over only at its notification (`on_send_result`, then
+    /// `on_send_notif`), otherwise over at its one completion (`on_send`).
     Send {
         bid: u16,
         off: u32,
         len: u32,
         wait_all: bool,
+        zc: bool,
     },
     /// POLLOUT on the destination.
     Writable,
@@ -51,6 +57,10 @@ pub(crate) enum Action {
 pub(crate) trait BufEnv: Env {
     /// Bytes `off..off + len` of lent buffer `bid`.
     fn buffer(&self, bid: u16, off: usize, len: usize) -> &[u8];
+    /// May the next send be zero-copy? (`relay.send_zc`, and few enough buffers pinned by
+    /// zero-copy sends: one to a stalled receiver keeps its buffer until the receiver
+    /// reads, since its bytes wait in the send queue, so their number is bounded.)
+    fn zero_copy(&mut self) -> bool;
 }
 
 #[derive(Debug)]
@@ -62,6 +72,10 @@ pub(crate) struct CopyDir {
     reading: bool,
     /// A send of `queue[0]` is in flight (zero-copy: until its notification).
     writing: bool,
+    /// The send in flight is zero-copy: its buffer stays pinned until the notification,
+    /// which a stalled receiver may hold back indefinitely, so no second buffer is read
+    /// meanwhile (a direction pins one buffer at most).
+    zc_sending: bool,
     /// A POLLOUT on the destination is in flight.
     out_wait: bool,
     eof: bool,
@@ -82,6 +96,7 @@ impl CopyDir {
             queued: 0,
             reading: false,
             writing: false,
+            zc_sending: false,
             out_wait: false,
             eof: false,
             buffer_size,
@@ -129,6 +144,7 @@ impl CopyDir {
         if self.reading
             || self.eof
             || self.queued >= 2
+            || (self.writing && self.zc_sending)
             || self.hold != Hold::None
             || self.out_wait
             || self.spill.pending() > 0
@@ -197,7 +213,7 @@ impl CopyDir {
                     self.spill_buffers(env, out);
                     return;
                 }
-                self.arm_send(false, out);
+                self.arm_send(false, env, out);
                 self.arm_recv(env, out);
             }
             (n, bid) if n >= 0 => {
@@ -237,18 +253,22 @@ impl CopyDir {
         }
     }
 
-    fn arm_send(&mut self, wait_all: bool, out: &mut Vec<Action>) {
+    fn arm_send(&mut self, wait_all: bool, env: &mut impl BufEnv, out: &mut Vec<Action>) {
         if self.queued == 0 || self.writing || self.out_wait || self.spill.pending() > 0 {
             // Nothing to send, or a send or the spill goes first.
             return;
         }
         let (bid, len, sent) = self.queue[0];
         self.writing = true;
+        // Only a lone buffer with no recv in flight goes zero-copy, so a pinned direction
+        // holds that one alone.
+        self.zc_sending = self.queued == 1 && !self.reading && env.zero_copy();
         out.push(Action::Submit(Op::Send {
             bid,
             off: sent,
             len: len - sent,
             wait_all,
+            zc: self.zc_sending,
         }));
     }
 
@@ -309,7 +329,7 @@ impl CopyDir {
             if self.spill_buffers(env, out) {
                 self.arm_writable(out);
             } else {
-                self.arm_send(true, out);
+                self.arm_send(true, env, out);
             }
             return;
         }
@@ -319,7 +339,7 @@ impl CopyDir {
         self.flow.last_active = now;
         env.count(Count::Delivered(len as usize));
         out.push(Action::GiveBack(bid));
-        self.arm_send(false, out);
+        self.arm_send(false, env, out);
         self.finish_if_done(out);
         self.arm_recv(env, out);
     }
@@ -382,7 +402,7 @@ impl CopyDir {
             out.push(Action::Then(Next::Finished));
             return;
         }
-        self.arm_send(false, out);
+        self.arm_send(false, env, out);
         self.arm_recv(env, out);
     }
 

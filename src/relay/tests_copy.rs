@@ -61,6 +61,8 @@ struct Dir {
     zc: bool,
     /// What a waiting (`MSG_WAITALL`) send in flight has moved so far.
     partial: u32,
+    /// Picks which sends are zero-copy.
+    send_seq: Rng,
 }
 
 struct Ctx<'a> {
@@ -98,6 +100,11 @@ impl BufEnv for Ctx<'_> {
     fn buffer(&self, bid: u16, off: usize, len: usize) -> &[u8] {
         assert!(self.ring.lent[bid as usize]);
         &self.ring.bufs[bid as usize][off..off + len]
+    }
+    fn zero_copy(&mut self) -> bool {
+        // Some sends of a zero-copy direction are plain (the worker's bound on pinned
+        // buffers), so both kinds interleave.
+        self.d.zc && self.d.send_seq.next() % 4 != 0
     }
 }
 
@@ -227,6 +234,10 @@ impl World {
         if !d.closing {
             assert_eq!(d.m.in_flight(), d.flights.len(), "seed {seed}");
             assert!(d.flights.len() <= MAX_IN_FLIGHT);
+            // A zero-copy send awaiting its notification pins its buffer, and only it.
+            if d.flights.iter().any(|f| matches!(f, Flight::Notif(_))) {
+                assert_eq!(d.m.buffers(), 1, "seed {seed}: buffers beside a pinned one");
+            }
             // A direction waiting only for its destination holds no buffer, unless the
             // spill budget ran out.
             if d.flights == [Flight::Op(Op::Writable)] && d.m.buffers() > 0 {
@@ -297,6 +308,7 @@ impl World {
                 off,
                 len,
                 wait_all,
+                zc,
             }) => {
                 let bytes = &self.ring.bufs[bid as usize][off as usize..(off + len) as usize];
                 let mut res = match d.dst.write(bytes) {
@@ -313,6 +325,7 @@ impl World {
                         off: o,
                         len: l,
                         wait_all,
+                        zc,
                     });
                     d.partial += res as u32;
                     return;
@@ -321,7 +334,7 @@ impl World {
                     res += std::mem::take(&mut d.partial) as i32;
                 }
                 // A zero-copy send that used its buffer has a notification to come.
-                let more = d.zc && (res >= 0 || self.rng.percent(50));
+                let more = zc && (res >= 0 || self.rng.percent(50));
                 if !more {
                     self.ring.in_kernel[bid as usize] = false;
                 }
@@ -405,6 +418,7 @@ fn run(seed: u64, seen: &mut Seen) {
                 fail_at: rng.percent(25).then(|| rng.below(600)),
                 zc,
                 partial: 0,
+                send_seq: Rng::new(rng.next()),
                 src,
             }
         })

@@ -90,6 +90,8 @@ pub(crate) struct Worker {
     /// Bytes held in stalled directions' own buffers (their machines' spills), bounded by
     /// `relay.stall_bytes_per_worker`.
     spill_bytes: usize,
+    /// Buffers pinned by zero-copy sends in flight (bounded: `relay::ZC_PINNED_SHARE`).
+    zc_pinned: usize,
     /// Last `accept failed` line logged, and failures since then not logged.
     accept_log: Option<Instant>,
     accept_unlogged: u64,
@@ -144,6 +146,7 @@ impl Worker {
             waiting: 0,
             wakes_owed: 0,
             spill_bytes: 0,
+            zc_pinned: 0,
             accept_log: None,
             accept_unlogged: 0,
             wake_buf: Box::new(0),
@@ -224,6 +227,10 @@ impl Worker {
                 };
                 if last {
                     c.inflight -= 1;
+                    if op == Op::SendZc {
+                        // The zero-copy send's last completion: its buffer is unpinned.
+                        self.zc_pinned -= 1;
+                    }
                 }
                 if c.closing.is_some() {
                     let done = c.inflight == 0;

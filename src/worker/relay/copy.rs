@@ -56,6 +56,7 @@ impl Worker {
                 off,
                 len,
                 wait_all,
+                zc,
             }) => {
                 let bufs = self.bufs.as_ref().expect("copy engine has a buffer ring");
                 let ptr = bufs.addr(bid, off as usize);
@@ -71,7 +72,7 @@ impl Worker {
                 // The buffer stays lent to this direction until the send's last completion
                 // (for a zero-copy send, its notification), which `copy_on_send*` feed to
                 // the machine before it may give the buffer back.
-                let e = if self.shared.config.relay.send_zc {
+                let e = if zc {
                     opcode::SendZc::new(types::Fd(peer_fd), ptr, len)
                         .flags(flags)
                         .build()

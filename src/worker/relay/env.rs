@@ -26,6 +26,10 @@ pub(in crate::worker) struct WorkerEnv<'a> {
     pub spill_bytes: &'a mut usize,
     pub spill_limit: usize,
     pub stats: &'a WorkerStats,
+    /// Buffers pinned by zero-copy sends in flight, and how many may be (0: `send_zc`
+    /// off).
+    pub zc_pinned: &'a mut usize,
+    pub zc_limit: usize,
     /// Directions waiting for the pool, and the wakeups owed them (`wake_starving`).
     pub waiting: usize,
     pub wakes_owed: &'a mut usize,
@@ -158,6 +162,15 @@ impl BufEnv for WorkerEnv<'_> {
         self.bufs
             .expect("copy engine has a buffer ring")
             .slice(bid, off, len)
+    }
+
+    fn zero_copy(&mut self) -> bool {
+        // Counted down at the send's last completion (`Worker::dispatch`).
+        if *self.zc_pinned >= self.zc_limit {
+            return false;
+        }
+        *self.zc_pinned += 1;
+        true
     }
 }
 

@@ -30,6 +30,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// At most this share of the provided buffers (1/2) are pinned by zero-copy sends; the
+/// rest of the sends are plain, so receivers that stall after a zero-copy send never take
+/// the whole ring.
+const ZC_PINNED_SHARE: usize = 2;
+
 /// What a relay direction waits for before it reads: data, or the peer's shutdown.
 const READABLE: i16 = libc::POLLIN | libc::POLLRDHUP;
 
@@ -141,6 +146,12 @@ impl Worker {
             spill_bytes: &mut self.spill_bytes,
             spill_limit: self.shared.config.relay.stall_bytes_per_worker,
             stats: &self.shared.stats[self.id],
+            zc_pinned: &mut self.zc_pinned,
+            zc_limit: if self.shared.config.relay.send_zc {
+                self.shared.config.relay.buffers_per_worker / ZC_PINNED_SHARE
+            } else {
+                0
+            },
             waiting: self.waiting,
             wakes_owed: &mut self.wakes_owed,
         };
