@@ -19,6 +19,7 @@ pub(crate) mod copy;
 pub(crate) mod pair;
 pub(crate) mod spill;
 pub(crate) mod splice;
+pub(crate) mod uring_splice;
 
 #[cfg(test)]
 mod sim;
@@ -26,6 +27,8 @@ mod sim;
 mod tests_copy;
 #[cfg(test)]
 mod tests_splice;
+#[cfg(test)]
+mod tests_uring;
 
 use crate::shaping::Grant;
 use std::time::Instant;

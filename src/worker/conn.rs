@@ -1,12 +1,12 @@
 //! Per-connection state on a worker: where the connection is in its life, and what it owns.
 
 use super::pipes::Pipe;
-use super::relay::UringDir;
 use super::slab::ConnId;
 use crate::key::StreamKey;
 use crate::limits::Source;
 use crate::relay::copy::CopyDir;
 use crate::relay::splice::SpliceDir;
+use crate::relay::uring_splice::UringDir;
 use crate::relay::{Flow, Hold};
 use crate::shaping::StreamShaper;
 use crate::socks5::Handshake;
@@ -98,7 +98,7 @@ pub(crate) struct Side {
 pub(crate) enum Dir {
     Splice(SpliceDir<Pipe>),
     Copy(CopyDir),
-    UringSplice(UringDir),
+    UringSplice(UringDir<Pipe>),
 }
 
 impl Dir {
@@ -106,7 +106,7 @@ impl Dir {
         match self {
             Dir::Splice(d) => d.hold(),
             Dir::Copy(d) => d.hold(),
-            Dir::UringSplice(d) => d.hold,
+            Dir::UringSplice(d) => d.hold(),
         }
     }
 

@@ -110,6 +110,7 @@ pub(crate) struct Worker {
     throttled: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u32, u32)>>,
     /// What a copy direction's machine asked for last (kept to reuse its allocation).
     actions: Vec<crate::relay::copy::Action>,
+    us_actions: Vec<crate::relay::uring_splice::Action<pipes::Pipe>>,
     /// Guards of running relays by key, dropped when the relay ends.
     guards: std::collections::HashMap<crate::key::StreamKey, Box<dyn Send>>,
 }
@@ -160,6 +161,7 @@ impl Worker {
             expired: Vec::new(),
             guards: Default::default(),
             actions: Vec::new(),
+            us_actions: Vec::new(),
             throttled: Default::default(),
             shared,
         })
@@ -520,7 +522,10 @@ impl Worker {
                 let left = d.release();
                 (left.pipe, left.spill)
             }
-            conn::Dir::UringSplice(d) => d.release(),
+            conn::Dir::UringSplice(d) => {
+                let left = d.release();
+                (left.pipe, left.spill)
+            }
             conn::Dir::Copy(d) => {
                 let (bids, spill) = d.release();
                 if let Some(b) = self.bufs.as_mut() {

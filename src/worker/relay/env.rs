@@ -6,6 +6,7 @@ use super::super::bufring::BufRing;
 use super::super::pipes::{Pipe, PipePool};
 use crate::relay::copy::BufEnv;
 use crate::relay::splice::PipeEnv;
+use crate::relay::uring_splice::UringEnv;
 use crate::relay::{Count, Env};
 use crate::shaping::{Grant, StreamShaper};
 use crate::stats::WorkerStats;
@@ -32,6 +33,8 @@ pub(in crate::worker) struct WorkerEnv<'a> {
     pub zc_limit: usize,
     /// Directions waiting for the pool, and the wakeups owed them (`wake_starving`).
     pub waiting: usize,
+    /// The worker's `starving` queue is not empty.
+    pub others_wait: bool,
     pub wakes_owed: &'a mut usize,
 }
 
@@ -198,5 +201,11 @@ pub(super) fn splice(from: RawFd, to: RawFd, len: usize) -> Result<usize, i32> {
         Err(errno())
     } else {
         Ok(n as usize)
+    }
+}
+
+impl UringEnv<Pipe> for WorkerEnv<'_> {
+    fn others_wait(&self) -> bool {
+        self.others_wait
     }
 }

@@ -10,7 +10,6 @@ mod env;
 mod splice;
 mod uring_splice;
 
-pub(in crate::worker) use uring_splice::UringDir;
 
 use super::conn::{CloseKind, Conn, Dir, Phase, Side};
 use super::ring::{token, Op};
@@ -21,6 +20,7 @@ use crate::key::StreamKey;
 use crate::relay::copy::CopyDir;
 use crate::relay::pair::{self, PairStep};
 use crate::relay::splice::SpliceDir;
+use crate::relay::uring_splice::UringDir;
 use crate::relay::{Hold, Next};
 use crate::shaping::StreamShaper;
 use crate::stats::Refusal;
@@ -87,7 +87,7 @@ impl Worker {
                 // (or readiness poll) finds them.
                 Engine::Copy => self.copy_run(id, |d, env, out| d.resume(env, out)),
                 Engine::Splice => self.splice_arm_in(id),
-                Engine::UringSplice => self.us_arm_readable(id),
+                Engine::UringSplice => self.us_run(id, |d, _, out| d.start(out)),
             }
         }
     }
@@ -153,6 +153,7 @@ impl Worker {
                 0
             },
             waiting: self.waiting,
+            others_wait: !self.starving.is_empty(),
             wakes_owed: &mut self.wakes_owed,
         };
         Some(f(dir, &mut env))
@@ -309,12 +310,7 @@ impl Worker {
         match self.side(id).map(|s| &s.dir) {
             Some(Dir::Copy(_)) => self.copy_run(id, |d, env, out| d.resume(env, out)),
             Some(Dir::Splice(_)) => self.splice_resume(id),
-            Some(Dir::UringSplice(_)) => {
-                if let Some(Dir::UringSplice(d)) = self.side(id).map(|s| &mut s.dir) {
-                    d.hold = Hold::None;
-                }
-                self.us_start(id)
-            }
+            Some(Dir::UringSplice(_)) => self.us_run(id, |d, env, out| d.resume(env, out)),
             None => {}
         }
     }
