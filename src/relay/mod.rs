@@ -11,9 +11,10 @@
 //! simulated kernel (`sim.rs`). The worker's ring loop (`worker/relay/`) is the driver.
 //!
 //! Each engine's state is its own type: `splice::SpliceDir` (the default: inline
-//! non-blocking splice through a pooled pipe) and `copy::CopyDir` (provided buffers and
-//! ring sends). Both own their in-flight bookkeeping: a pipe or buffer leaves a direction
-//! only from a handler that has seen the last completion of the operation using it.
+//! non-blocking splice through a pooled pipe), `copy::CopyDir` (provided buffers and
+//! ring sends) and `uring_splice::UringDir` (pooled pipes, `IORING_OP_SPLICE` requests).
+//! Each owns its in-flight bookkeeping: a pipe or buffer leaves a direction only from a
+//! handler that has seen the last completion of the operation using it.
 
 pub(crate) mod copy;
 pub(crate) mod pair;

@@ -25,8 +25,14 @@ struct Pool {
 enum Flight {
     Readable,
     /// The splice in, and the linked splice out that follows it.
-    In { pipe: usize, len: u32 },
-    Out { pipe: usize, len: u32 },
+    In {
+        pipe: usize,
+        len: u32,
+    },
+    Out {
+        pipe: usize,
+        len: u32,
+    },
     Writable,
 }
 
@@ -90,8 +96,14 @@ impl PipeEnv<usize> for Ctx<'_> {
     }
     fn give_back(&mut self, p: usize) {
         assert!(self.pool.lent[p], "pipe {p} given back twice");
-        assert_eq!(self.pool.busy[p], 0, "pipe {p} given back with a splice in flight");
-        assert!(self.pool.pipes[p].is_empty(), "pipe {p} given back with bytes");
+        assert_eq!(
+            self.pool.busy[p], 0,
+            "pipe {p} given back with a splice in flight"
+        );
+        assert!(
+            self.pool.pipes[p].is_empty(),
+            "pipe {p} given back with bytes"
+        );
         self.pool.lent[p] = false;
         self.pool.free.push(p);
     }
@@ -102,7 +114,10 @@ impl PipeEnv<usize> for Ctx<'_> {
         unreachable!("this engine's splices are ring requests")
     }
     fn drain_pipe(&mut self, p: usize, len: usize, into: &mut Vec<u8>) -> Result<usize, i32> {
-        assert_eq!(self.pool.busy[p], 0, "pipe {p} read with a splice in flight");
+        assert_eq!(
+            self.pool.busy[p], 0,
+            "pipe {p} read with a splice in flight"
+        );
         assert_eq!(self.pool.pipes[p].len(), len);
         into.extend(self.pool.pipes[p].drain(..));
         Ok(len)
@@ -210,7 +225,10 @@ impl World {
                             seen.quota_cuts += 1;
                         }
                         Next::Fail(e) => {
-                            assert!(e == libc::ECONNRESET || e == libc::EPIPE, "seed {seed}: {e}");
+                            assert!(
+                                e == libc::ECONNRESET || e == libc::EPIPE,
+                                "seed {seed}: {e}"
+                            );
                             d.closing = true;
                             seen.failures += 1;
                         }
@@ -235,7 +253,10 @@ impl World {
             assert_eq!(d.m.in_flight(), requests, "seed {seed}: {:?}", d.flights);
             assert!(requests <= 2, "seed {seed}: {:?}", d.flights);
             if d.flights == [Flight::Writable] && d.m.holds_pipe() {
-                assert!(d.counts.fallback_full > 0, "seed {seed}: stalled holding a pipe");
+                assert!(
+                    d.counts.fallback_full > 0,
+                    "seed {seed}: stalled holding a pipe"
+                );
             }
             if d.flights == [Flight::Readable] || d.next == Some(Next::Pool) {
                 assert!(!d.m.holds_pipe(), "seed {seed}: idle holding a pipe");
@@ -272,7 +293,11 @@ impl World {
         let d = &mut self.dirs[k];
         let f = d.flights[j];
         // A linked splice out runs only after its splice in.
-        if matches!(f, Flight::Out { .. }) && d.flights[..j].iter().any(|g| matches!(g, Flight::In { .. })) {
+        if matches!(f, Flight::Out { .. })
+            && d.flights[..j]
+                .iter()
+                .any(|g| matches!(g, Flight::In { .. }))
+        {
             return;
         }
         let res = match f {
@@ -437,9 +462,16 @@ fn run(seed: u64, seen: &mut Seen) {
         }
     }
     for (i, d) in w.dirs.iter().enumerate() {
-        assert!(d.released, "seed {seed}: direction {i} never ended: {:?} {:?}", d.next, d.flights);
+        assert!(
+            d.released,
+            "seed {seed}: direction {i} never ended: {:?} {:?}",
+            d.next, d.flights
+        );
     }
-    assert!(w.pool.lent.iter().all(|&l| !l), "seed {seed}: pipes not given back");
+    assert!(
+        w.pool.lent.iter().all(|&l| !l),
+        "seed {seed}: pipes not given back"
+    );
     assert_eq!(w.budget.used, 0, "seed {seed}");
 }
 

@@ -10,7 +10,6 @@ mod env;
 mod splice;
 mod uring_splice;
 
-
 use super::conn::{CloseKind, Conn, Dir, Phase, Side};
 use super::ring::{token, Op};
 use super::slab::{ConnId, Slab};
