@@ -13,6 +13,7 @@ pub mod handover;
 pub mod key;
 pub mod limits;
 pub mod metrics;
+mod relay;
 pub mod rendezvous;
 pub mod sd_notify;
 pub mod server;

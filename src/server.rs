@@ -118,6 +118,7 @@ impl Server {
             ip_limits: crate::limits::IpLimiter::new(config.source_limits()),
             admitting: std::sync::atomic::AtomicBool::new(config.component.is_none()),
             shaping: shaping.clone(),
+            stream_log: crate::worker::stream_log::StreamLog::start()?,
             config,
         });
         let (ready_tx, ready_rx) = mpsc::channel();

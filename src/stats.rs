@@ -153,6 +153,8 @@ pub struct WorkerStats {
     pub relay_fallback_full: AtomicU64,
     /// ring-loop rounds that ended with waiting directions still to wake (the per-round budget bit)
     pub relay_wakeups_deferred: AtomicU64,
+    /// finished streams' log lines dropped because the log thread's queue was full
+    pub stream_log_dropped: AtomicU64,
     /// accept failures (EMFILE, ENFILE, ENOBUFS...); the listener is re-armed on the next tick
     pub accept_errors: AtomicU64,
     pub refusals: [AtomicU64; REFUSALS],
@@ -194,6 +196,7 @@ pub struct Stats {
     pub deadline_entries: u64,
     pub relay_fallback_full: u64,
     pub relay_wakeups_deferred: u64,
+    pub stream_log_dropped: u64,
     pub accept_errors: u64,
     pub refusals: Vec<(Refusal, u64)>,
 }
@@ -254,6 +257,9 @@ impl Stats {
             s.relay_wakeups_deferred = s
                 .relay_wakeups_deferred
                 .wrapping_add(w.relay_wakeups_deferred.load(Relaxed));
+            s.stream_log_dropped = s
+                .stream_log_dropped
+                .wrapping_add(w.stream_log_dropped.load(Relaxed));
             s.accept_errors = s.accept_errors.wrapping_add(w.accept_errors.load(Relaxed));
             for (i, r) in s.refusals.iter_mut().enumerate() {
                 r.1 += w.refusals[i].load(Relaxed);

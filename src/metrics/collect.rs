@@ -277,6 +277,11 @@ fn relay_pools(e: &mut Enc, s: &Stats) -> fmt::Result {
             s.relay_wakeups_deferred,
         ),
         (
+            "streamhost_stream_log_dropped",
+            "Finished streams' log lines dropped: the log thread's queue was full.",
+            s.stream_log_dropped,
+        ),
+        (
             "streamhost_accept_errors",
             "Failed accepts (EMFILE, ENFILE, ...); retried every 250 ms.",
             s.accept_errors,

@@ -4,6 +4,10 @@ use super::pipes::Pipe;
 use super::slab::ConnId;
 use crate::key::StreamKey;
 use crate::limits::Source;
+use crate::relay::copy::CopyDir;
+use crate::relay::splice::SpliceDir;
+use crate::relay::uring_splice::UringDir;
+use crate::relay::{Flow, Hold};
 use crate::shaping::StreamShaper;
 use crate::socks5::Handshake;
 use std::os::fd::RawFd;
@@ -32,13 +36,9 @@ pub(crate) struct Conn {
     pub exporting: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseKind {
-    /// FIN: the stream ended normally or was refused.
-    Graceful,
-    /// RST (SO_LINGER 0): the relay failed, so the peer must not mistake it for a clean end.
-    Abort,
-}
+/// FIN (the stream ended normally or was refused), or RST (SO_LINGER 0: the relay
+/// failed, so the peer must not mistake it for a clean end).
+pub(crate) use crate::relay::pair::Close as CloseKind;
 
 pub(crate) enum Phase {
     Handshake(Box<Hs>),
@@ -84,6 +84,8 @@ pub(crate) struct Reply {
 }
 
 /// The relay state of one direction: bytes read from this connection, written to `peer`.
+/// What moves the bytes is the engine's own state machine (`dir`, `src/relay/`); this
+/// holds what the worker needs around it.
 pub(crate) struct Side {
     pub key: StreamKey,
     pub peer: ConnId,
@@ -92,36 +94,37 @@ pub(crate) struct Side {
     pub first: bool,
     /// The relay of this pair has been ended (counted once).
     pub ended: bool,
-    /// Read side saw EOF.
-    pub eof: bool,
     /// EOF forwarded: the peer's write side is shut down.
     pub done: bool,
-    pub reading: bool,
-    pub writing: bool,
-    /// Waiting for a buffer or a pipe to come free.
-    pub starving: bool,
-    /// Waiting for shaping tokens (in the worker's `throttled` queue).
-    pub throttled: bool,
     /// Rates and quotas of this stream, shared by both directions; `None` when off.
     pub shaper: Option<Arc<StreamShaper>>,
-    /// copy engine: received buffers not yet fully sent (buffer id, length, sent).
-    pub queue: [(u16, u32, u32); 2],
-    pub queued: u8,
-    /// splice engine: the borrowed pipe and how many bytes sit in it.
-    pub pipe: Option<Pipe>,
-    pub in_pipe: usize,
-    /// uring-splice engine: the last splice in filled the pipe, so skip the next poll.
-    pub again: bool,
-    /// What the destination could not take when it stalled, moved out of the pool's pipe
-    /// or buffer (`spill[spill_sent..]` is still to send, before anything else).
-    pub spill: Vec<u8>,
-    pub spill_sent: usize,
-    /// A POLLOUT on the peer is armed for this direction (waiting for its destination
-    /// without holding a pipe or buffer).
-    pub out_wait: bool,
-    pub bytes: u64,
     pub started: Instant,
-    pub last_active: Instant,
+    pub dir: Dir,
+}
+
+/// One direction's engine state; each engine has its own type.
+pub(crate) enum Dir {
+    Splice(SpliceDir<Pipe>),
+    Copy(CopyDir),
+    UringSplice(UringDir<Pipe>),
+}
+
+impl Dir {
+    pub fn hold(&self) -> Hold {
+        match self {
+            Dir::Splice(d) => d.hold(),
+            Dir::Copy(d) => d.hold(),
+            Dir::UringSplice(d) => d.hold(),
+        }
+    }
+
+    pub fn flow(&self) -> &Flow {
+        match self {
+            Dir::Splice(d) => &d.flow,
+            Dir::Copy(d) => &d.flow,
+            Dir::UringSplice(d) => &d.flow,
+        }
+    }
 }
 
 impl Side {
@@ -132,6 +135,7 @@ impl Side {
         first: bool,
         now: Instant,
         shaper: Option<Arc<StreamShaper>>,
+        dir: Dir,
     ) -> Side {
         Side {
             key,
@@ -139,24 +143,10 @@ impl Side {
             peer_fd,
             first,
             ended: false,
-            eof: false,
             done: false,
-            reading: false,
-            writing: false,
-            starving: false,
-            throttled: false,
             shaper,
-            queue: [(0, 0, 0); 2],
-            queued: 0,
-            pipe: None,
-            in_pipe: 0,
-            again: false,
-            spill: Vec::new(),
-            spill_sent: 0,
-            out_wait: false,
-            bytes: 0,
             started: now,
-            last_active: now,
+            dir,
         }
     }
 }

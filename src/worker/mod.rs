@@ -14,9 +14,11 @@ mod place;
 mod relay;
 mod ring;
 mod slab;
+pub(crate) mod stream_log;
 
 use crate::config::{Config, Engine, Socks5Auth};
 use crate::key::KeyRouter;
+use crate::relay::Hold;
 use crate::rendezvous::Rendezvous;
 use crate::stats::WorkerStats;
 use bufring::BufRing;
@@ -56,6 +58,8 @@ pub(crate) struct Shared {
     pub admitting: std::sync::atomic::AtomicBool,
     /// Bandwidth shaping and quotas; hands out nothing when both are off.
     pub shaping: Arc<crate::shaping::Shaping>,
+    /// The queue of finished streams' log lines to their writer thread.
+    pub stream_log: stream_log::StreamLog,
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -87,9 +91,11 @@ pub(crate) struct Worker {
     /// Buffers or pipes given back since the waiters were last woken: that many waiters
     /// are woken by the ring loop (`wake_waiters`), never from inside the hand-back.
     wakes_owed: usize,
-    /// Bytes held in stalled directions' own buffers (`Side::spill`), bounded by
+    /// Bytes held in stalled directions' own buffers (their machines' spills), bounded by
     /// `relay.stall_bytes_per_worker`.
     spill_bytes: usize,
+    /// Buffers pinned by zero-copy sends in flight (bounded: `relay::ZC_PINNED_SHARE`).
+    zc_pinned: usize,
     /// Last `accept failed` line logged, and failures since then not logged.
     accept_log: Option<Instant>,
     accept_unlogged: u64,
@@ -106,6 +112,9 @@ pub(crate) struct Worker {
     expired: Vec<ConnId>,
     /// Directions waiting for shaping tokens: (when, slot index, generation), soonest first.
     throttled: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u32, u32)>>,
+    /// What a copy direction's machine asked for last (kept to reuse its allocation).
+    actions: Vec<crate::relay::copy::Action>,
+    us_actions: Vec<crate::relay::uring_splice::Action<pipes::Pipe>>,
     /// Guards of running relays by key, dropped when the relay ends.
     guards: std::collections::HashMap<crate::key::StreamKey, Box<dyn Send>>,
     /// Set while an upgrade hands this worker's connections to a new process.
@@ -150,6 +159,7 @@ impl Worker {
             waiting: 0,
             wakes_owed: 0,
             spill_bytes: 0,
+            zc_pinned: 0,
             accept_log: None,
             accept_unlogged: 0,
             wake_buf: Box::new(0),
@@ -162,6 +172,8 @@ impl Worker {
             msgs: Vec::new(),
             expired: Vec::new(),
             guards: Default::default(),
+            actions: Vec::new(),
+            us_actions: Vec::new(),
             throttled: Default::default(),
             export: None,
             exporting: 0,
@@ -233,6 +245,10 @@ impl Worker {
                 };
                 if last {
                     c.inflight -= 1;
+                    if op == Op::SendZc {
+                        // The zero-copy send's last completion: its buffer is unpinned.
+                        self.zc_pinned -= 1;
+                    }
                 }
                 if c.exporting {
                     self.export_completion(id, op, res);
@@ -364,13 +380,9 @@ impl Worker {
                 self.wakes_owed = 0;
                 break;
             };
-            let Some(s) = relay::side_of(&mut self.conns, id) else {
-                continue;
-            };
-            if !s.starving {
+            if relay::side_of(&mut self.conns, id).is_none_or(|s| s.dir.hold() != Hold::Pool) {
                 continue;
             }
-            s.starving = false;
             self.waiting -= 1;
             self.wakes_owed -= 1;
             budget -= 1;
@@ -386,8 +398,9 @@ impl Worker {
             // Entries of connections that closed while waiting: drop them (bounded work,
             // amortised over the entries that made the queue grow).
             let conns = &mut self.conns;
-            self.starving
-                .retain(|&id| relay::side_of(conns, id).is_some_and(|s| s.starving));
+            self.starving.retain(|&id| {
+                relay::side_of(conns, id).is_some_and(|s| s.dir.hold() == Hold::Pool)
+            });
         }
     }
 
@@ -519,7 +532,8 @@ impl Worker {
             return;
         };
         debug_assert_eq!(c.inflight, 0);
-        if let Phase::Relay(side) = &c.phase {
+        let mut c = c;
+        if let Phase::Relay(side) = &mut c.phase {
             self.release_side(side);
         }
         if c.closing == Some(CloseKind::Abort) {
@@ -535,29 +549,43 @@ impl Worker {
         self.stats().open.fetch_sub(1, Relaxed);
     }
 
-    /// Gives back what a relay direction holds (its connection is going away): buffers,
-    /// pipe, spill bytes, its place among the waiters.
-    fn release_side(&mut self, side: &conn::Side) {
-        if let Some(b) = self.bufs.as_mut() {
-            for &(bid, _, _) in &side.queue[..side.queued as usize] {
-                b.give_back(bid);
-            }
-            if side.queued > 0 {
-                self.wake_starving();
-            }
+    /// Gives back what a relay direction holds (its connection is going away, with nothing
+    /// in flight): buffers, pipe, spill bytes, its place among the waiters.
+    fn release_side(&mut self, side: &mut conn::Side) {
+        if side.dir.hold() == Hold::Pool {
+            self.waiting -= 1;
         }
-        if let Some(p) = side.pipe {
-            if side.in_pipe == 0 {
-                self.pipes.give_back(p);
-            } else {
+        let (pipe, spill) = match &mut side.dir {
+            conn::Dir::Splice(d) => {
+                let left = d.release();
+                (left.pipe, left.spill)
+            }
+            conn::Dir::UringSplice(d) => {
+                let left = d.release();
+                (left.pipe, left.spill)
+            }
+            conn::Dir::Copy(d) => {
+                let (bids, spill) = d.release();
+                if let Some(b) = self.bufs.as_mut() {
+                    for &bid in &bids {
+                        b.give_back(bid);
+                    }
+                }
+                if !bids.is_empty() {
+                    self.wake_starving();
+                }
+                (None, spill)
+            }
+        };
+        if let Some((p, dirty)) = pipe {
+            if dirty {
                 self.pipes.discard(p);
+            } else {
+                self.pipes.give_back(p);
             }
             self.wake_starving();
         }
-        self.spill_bytes -= side.spill.len() - side.spill_sent;
-        if side.starving {
-            self.waiting -= 1;
-        }
+        self.spill_bytes -= spill;
     }
 
     /// Stops at once: cancels every operation, waits (bounded) for the kernel to finish
@@ -592,12 +620,12 @@ impl Worker {
         }
         let mut leaked = 0;
         for id in self.conns.ids() {
-            if let Some(c) = self.conns.remove(id) {
+            if let Some(mut c) = self.conns.remove(id) {
                 if c.inflight > 0 {
                     // The kernel may still read or write its buffers (a reply, a recv):
                     // never free them under it. The process is stopping.
                     leaked += 1;
-                } else if let Phase::Relay(side) = &c.phase {
+                } else if let Phase::Relay(side) = &mut c.phase {
                     self.release_side(side);
                 }
                 // SAFETY: each abandoned connection's descriptor is closed once.

@@ -1,25 +1,38 @@
 //! The relay of an activated pair: both directions at once until both end. EOF on one side
-//! shuts down writing on the other (half-close); an error tears the pair down with RST.
-//! The engines (`copy`, `splice`, `uring_splice`) move the bytes; this file starts and
-//! ends relays.
+//! shuts down writing on the other (half-close); an error tears the pair down with RST
+//! (`crate::relay::pair`). Each direction is a sans-IO state machine (`crate::relay`);
+//! the engines' files here are its thin drivers (completions in, SQEs and syscalls out),
+//! and this file starts and ends relays and keeps the worker's queues of waiting
+//! directions.
 
 mod copy;
+mod env;
 mod splice;
 mod uring_splice;
 
-use super::conn::{CloseKind, Conn, Phase, Side};
-use super::pipes::Pipe;
+use super::conn::{CloseKind, Conn, Dir, Phase, Side};
 use super::ring::{token, Op};
 use super::slab::{ConnId, Slab};
 use super::Worker;
 use crate::config::Engine;
 use crate::key::StreamKey;
-use crate::shaping::{Grant, StreamShaper};
+use crate::relay::copy::CopyDir;
+use crate::relay::pair::{self, PairStep};
+use crate::relay::splice::SpliceDir;
+use crate::relay::uring_splice::UringDir;
+use crate::relay::{Hold, Next};
+use crate::shaping::StreamShaper;
 use crate::stats::Refusal;
+use env::WorkerEnv;
 use io_uring::{opcode, types};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// At most this share of the provided buffers (1/2) are pinned by zero-copy sends; the
+/// rest of the sends are plain, so receivers that stall after a zero-copy send never take
+/// the whole ring.
+const ZC_PINNED_SHARE: usize = 2;
 
 /// What a relay direction waits for before it reads: data, or the peer's shutdown.
 const READABLE: i16 = libc::POLLIN | libc::POLLRDHUP;
@@ -49,30 +62,31 @@ impl Worker {
         }
         let fds = [first, second].map(|id| self.conns.get(id).map_or(-1, |c| c.fd));
         let now = self.now;
+        let relay = &self.shared.config.relay;
+        let (engine, buffer_size) = (relay.engine, relay.buffer_size);
         for (i, (id, peer)) in [(first, second), (second, first)].into_iter().enumerate() {
             if let Some(c) = self.conns.get_mut(id) {
-                let side = Side::new(key, peer, fds[1 - i], i == 0, now, shaper.clone());
+                let dir = match engine {
+                    Engine::Copy => Dir::Copy(CopyDir::new(now, buffer_size)),
+                    Engine::Splice => Dir::Splice(SpliceDir::new(now)),
+                    Engine::UringSplice => Dir::UringSplice(UringDir::new(now)),
+                };
+                let side = Side::new(key, peer, fds[1 - i], i == 0, now, shaper.clone(), dir);
                 c.phase = Phase::Relay(Box::new(side));
             }
         }
-        match self.shared.config.relay.engine {
-            Engine::Copy => {
-                self.copy_arm_recv(first);
-                self.copy_arm_recv(second);
+        if engine != Engine::Copy {
+            for fd in fds {
+                set_nonblocking(fd);
             }
-            Engine::Splice => {
-                for fd in fds {
-                    set_nonblocking(fd);
-                }
-                self.splice_arm_in(first);
-                self.splice_arm_in(second);
-            }
-            Engine::UringSplice => {
-                for fd in fds {
-                    set_nonblocking(fd);
-                }
-                self.us_arm_readable(first);
-                self.us_arm_readable(second);
+        }
+        for id in [first, second] {
+            match engine {
+                // Bytes that came before the activation wait in the kernel: the first read
+                // (or readiness poll) finds them.
+                Engine::Copy => self.copy_run(id, |d, env, out| d.resume(env, out)),
+                Engine::Splice => self.splice_arm_in(id),
+                Engine::UringSplice => self.us_run(id, |d, _, out| d.start(out)),
             }
         }
     }
@@ -105,6 +119,58 @@ impl Worker {
         side_of(&mut self.conns, id)
     }
 
+    /// Runs direction `id`'s state machine with this worker as its world: `f` gets the
+    /// direction and a `WorkerEnv` for it. `None` when `id` is no live relay half.
+    fn with_dir<R>(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut Dir, &mut WorkerEnv<'_>) -> R,
+    ) -> Option<R> {
+        let fd = self.conns.get(id)?.fd;
+        let Side {
+            dir,
+            shaper,
+            peer_fd,
+            first,
+            ..
+        } = side_of(&mut self.conns, id)?;
+        let mut env = WorkerEnv {
+            fd,
+            peer_fd: *peer_fd,
+            first: *first,
+            now: self.now,
+            shaper: shaper.as_deref(),
+            pipes: &mut self.pipes,
+            bufs: self.bufs.as_ref(),
+            spill_bytes: &mut self.spill_bytes,
+            spill_limit: self.shared.config.relay.stall_bytes_per_worker,
+            stats: &self.shared.stats[self.id],
+            zc_pinned: &mut self.zc_pinned,
+            zc_limit: if self.shared.config.relay.send_zc {
+                self.shared.config.relay.buffers_per_worker / ZC_PINNED_SHARE
+            } else {
+                0
+            },
+            waiting: self.waiting,
+            others_wait: !self.starving.is_empty(),
+            wakes_owed: &mut self.wakes_owed,
+        };
+        Some(f(dir, &mut env))
+    }
+
+    /// What a direction's machine waits for, or how it ended, that every engine handles
+    /// alike (the engines arm their own polls for `Readable` / `Writable`).
+    fn after(&mut self, id: ConnId, next: Next) {
+        match next {
+            Next::InFlight | Next::Readable | Next::Writable => {}
+            Next::Pool => self.wait_for_pool(id),
+            Next::Park(at) => self.park(id, at),
+            Next::Finished => self.direction_done(id),
+            Next::QuotaCut => self.quota_cut(id),
+            Next::Fail(e) => self.fail(id, e),
+        }
+    }
+
     /// One direction finished: EOF read and every byte written. Ends the pair when the
     /// other direction is finished too.
     fn direction_done(&mut self, id: ConnId) {
@@ -114,9 +180,11 @@ impl Worker {
         s.done = true;
         let peer_fd = s.peer_fd;
         let peer = s.peer;
+        let peer_done = self.side(peer).is_some_and(|p| p.done);
+        let step = pair::direction_ended(Next::Finished, peer_done);
         // SAFETY: shutdown on the peer's socket, which stays open while this pair lives.
         unsafe { libc::shutdown(peer_fd, libc::SHUT_WR) };
-        if self.side(peer).is_some_and(|p| p.done) {
+        if step == Some(PairStep::HalfCloseAndEnd) {
             self.end_relay(id, CloseKind::Graceful);
         }
     }
@@ -138,11 +206,12 @@ impl Worker {
             return;
         }
         s.ended = true;
-        let (key, peer, first, bytes, started) = (s.key, s.peer, s.first, s.bytes, s.started);
+        let (key, peer, first, started) = (s.key, s.peer, s.first, s.started);
+        let bytes = s.dir.flow().bytes;
         let peer_bytes = match self.conns.get_mut(peer).map(|c| &mut c.phase) {
             Some(Phase::Relay(p)) => {
                 p.ended = true;
-                p.bytes
+                p.dir.flow().bytes
             }
             _ => 0,
         };
@@ -155,15 +224,17 @@ impl Worker {
         self.guards.remove(&key);
         self.stats().relays_active.fetch_sub(1, Relaxed);
         self.stats().relays_finished.fetch_add(1, Relaxed);
-        tracing::info!(
-            target: "streamhost::stream",
-            key = %key,
-            bytes_first_to_second = f2s,
-            bytes_second_to_first = s2f,
-            duration_ms = self.now.duration_since(started).as_millis() as u64,
-            outcome = if kind == CloseKind::Graceful { "done" } else { "aborted" },
-            "stream finished"
-        );
+        // Written by the log thread: a stalled journal never blocks the relays.
+        let line = super::stream_log::Finished {
+            key,
+            first_to_second: f2s,
+            second_to_first: s2f,
+            duration_ms: self.now.duration_since(started).as_millis() as u64,
+            aborted: kind == CloseKind::Abort,
+        };
+        if !self.shared.stream_log.record(line) {
+            self.stats().stream_log_dropped.fetch_add(1, Relaxed);
+        }
         self.cancel_cross_ops(id, peer);
         self.close(id, kind);
         self.close(peer, peer_kind);
@@ -207,26 +278,8 @@ impl Worker {
             self.stats().relay_errors.fetch_add(1, Relaxed);
             tracing::debug!(error = %std::io::Error::from_raw_os_error(err), "relay error");
         }
-        self.end_relay(id, CloseKind::Abort);
-    }
-
-    /// The pipe of splice direction `id`, borrowed from the pool if it holds none. `None`
-    /// when the pool is empty: the direction then waits in `starving` for one to come
-    /// back. (Every pipe exists from the worker's start, so none is ever made here.)
-    fn pipe_of(&mut self, id: ConnId) -> Option<Pipe> {
-        let s = self.side(id)?;
-        if let Some(p) = s.pipe {
-            return Some(p);
-        }
-        match self.pipes.borrow() {
-            Some(p) => {
-                side_of(&mut self.conns, id)?.pipe = Some(p);
-                Some(p)
-            }
-            None => {
-                self.wait_for_pool(id);
-                None
-            }
+        if let Some(PairStep::End { this, peer }) = pair::direction_ended(Next::Fail(err), false) {
+            self.end_relay_as(id, this, peer);
         }
     }
 
@@ -236,10 +289,7 @@ impl Worker {
         let Some(s) = self.side(id) else {
             return;
         };
-        if s.starving {
-            return;
-        }
-        s.starving = true;
+        debug_assert_eq!(s.dir.hold(), Hold::Pool);
         self.waiting += 1;
         self.starving.push_back(id);
         self.stats().relay_waits.fetch_add(1, Relaxed);
@@ -254,127 +304,22 @@ impl Worker {
         }
     }
 
-    /// Moves what sits in direction `id`'s pipe (its destination took no more) into the
-    /// direction's own buffer and gives the pipe back, so a stalled direction holds no
-    /// pipe. False when `relay.stall_bytes_per_worker` is used up: it keeps the pipe.
-    fn spill_pipe(&mut self, id: ConnId) -> bool {
-        let limit = self.shared.config.relay.stall_bytes_per_worker;
-        let spill_bytes = self.spill_bytes;
-        let Some(s) = side_of(&mut self.conns, id) else {
-            return false;
-        };
-        let Some(pipe) = s.pipe else {
-            return false;
-        };
-        let n = s.in_pipe;
-        if n == 0 || spill_bytes + n > limit {
-            if n > 0 {
-                self.stats().relay_fallback_full.fetch_add(1, Relaxed);
-            }
-            return false;
-        }
-        debug_assert!(s.spill_sent == s.spill.len());
-        s.spill.clear();
-        s.spill_sent = 0;
-        s.spill.reserve_exact(n);
-        // SAFETY: read into the spare capacity just reserved (n bytes) from a non-blocking
-        // pipe this direction holds; the length is set to what was read.
-        let got = unsafe {
-            let r = libc::read(pipe.rd, s.spill.as_mut_ptr().cast(), n);
-            if r > 0 {
-                s.spill.set_len(r as usize);
-            }
-            r
-        };
-        if got < 0 || got as usize != n {
-            // Cannot happen (the pipe holds exactly `n`); keep the pipe and what is left.
-            s.in_pipe -= got.max(0) as usize;
-            self.spill_bytes += got.max(0) as usize;
-            return false;
-        }
-        s.in_pipe = 0;
-        s.pipe = None;
-        self.spill_bytes += n;
-        self.pipes.give_back(pipe);
-        self.stats().relay_fallbacks.fetch_add(1, Relaxed);
-        self.wake_starving();
-        true
-    }
-
-    /// Sends what direction `id` spilled, without blocking. `Ok(true)` once all of it is
-    /// out (its memory is freed), `Ok(false)` when the destination is full again.
-    fn flush_spill(&mut self, id: ConnId) -> Result<bool, i32> {
-        let now = self.now;
-        let Some(s) = side_of(&mut self.conns, id) else {
-            return Ok(false);
-        };
-        let mut sent_now = 0;
-        let mut res = Ok(true);
-        while s.spill_sent < s.spill.len() {
-            let rest = &s.spill[s.spill_sent..];
-            // SAFETY: send from a live Vec slice of the given length to the peer's socket,
-            // which stays open while the pair lives.
-            let n = unsafe {
-                libc::send(
-                    s.peer_fd,
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO);
-                res = match e {
-                    libc::EAGAIN => Ok(false),
-                    libc::EINTR => continue,
-                    e => Err(e),
-                };
-                break;
-            }
-            s.spill_sent += n as usize;
-            sent_now += n as usize;
-        }
-        if sent_now > 0 {
-            s.bytes += sent_now as u64;
-            s.last_active = now;
-            let first = s.first;
-            let st = &self.shared.stats[self.id];
-            if first {
-                st.bytes_first_to_second.fetch_add(sent_now as u64, Relaxed);
-            } else {
-                st.bytes_second_to_first.fetch_add(sent_now as u64, Relaxed);
-            }
-        }
-        self.spill_bytes -= sent_now;
-        if s.spill_sent == s.spill.len() && !s.spill.is_empty() {
-            s.spill = Vec::new();
-            s.spill_sent = 0;
-        }
-        res
-    }
-
-    /// Goes on with a direction that waited for a pipe or buffer, or for shaping tokens:
-    /// it stopped where its engine reads next (for uring-splice, in `us_start` with
-    /// nothing in flight and an empty pipe).
+    /// Goes on with a direction that waited for a pipe or buffer, or for shaping tokens.
     pub(in crate::worker) fn resume_reading(&mut self, id: ConnId) {
-        match self.shared.config.relay.engine {
-            Engine::Copy => self.copy_arm_recv(id),
-            Engine::Splice => self.splice_pump(id),
-            Engine::UringSplice => self.us_start(id),
+        match self.side(id).map(|s| &s.dir) {
+            Some(Dir::Copy(_)) => self.copy_run(id, |d, env, out| d.resume(env, out)),
+            Some(Dir::Splice(_)) => self.splice_resume(id),
+            Some(Dir::UringSplice(_)) => self.us_run(id, |d, env, out| d.resume(env, out)),
+            None => {}
         }
     }
 
-    /// Parks a direction until its shaping tokens come in (`at`); no read is armed meanwhile.
+    /// Parks a direction until its shaping tokens come in (`at`); no read is armed
+    /// meanwhile. Its machine holds `Hold::Tokens` until `resume_reading`.
     fn park(&mut self, id: ConnId, at: Instant) {
-        let Some(s) = self.side(id) else {
-            return;
-        };
-        if s.throttled {
+        if self.side(id).is_none() {
             return;
         }
-        s.throttled = true;
         self.throttled.push(std::cmp::Reverse((at, id.idx, id.gen)));
         self.stats().shaping_waits.fetch_add(1, Relaxed);
     }
@@ -387,16 +332,8 @@ impl Worker {
             tracing::info!(key = %s.key, "quota used up: stream cut");
         }
         self.stats().refuse(Refusal::Quota);
-        self.end_relay_as(id, CloseKind::Abort, CloseKind::Graceful);
-    }
-
-    /// What the stream's shaper says about reading up to `want` bytes now (always
-    /// `Go(want)` for an unshaped stream). Only asks; the engine acts on the answer.
-    fn shaped(&mut self, id: ConnId, want: usize) -> Grant {
-        let now = self.now;
-        match self.side(id).and_then(|s| s.shaper.as_ref()) {
-            Some(sh) => sh.grant(now, want),
-            None => Grant::Go(want),
+        if let Some(PairStep::End { this, peer }) = pair::direction_ended(Next::QuotaCut, false) {
+            self.end_relay_as(id, this, peer);
         }
     }
 
@@ -408,13 +345,9 @@ impl Worker {
             }
             self.throttled.pop();
             let id = ConnId { idx, gen };
-            let Some(s) = self.side(id) else {
-                continue;
-            };
-            if !s.throttled {
+            if self.side(id).is_none_or(|s| s.dir.hold() != Hold::Tokens) {
                 continue;
             }
-            s.throttled = false;
             self.resume_reading(id);
         }
     }
@@ -430,13 +363,13 @@ impl Worker {
             let Some(s) = self.side(id) else {
                 continue;
             };
-            if !s.first || now.duration_since(s.last_active) < limit {
+            if !s.first || now.duration_since(s.dir.flow().last_active) < limit {
                 continue;
             }
             let peer = s.peer;
             let peer_idle = self
                 .side(peer)
-                .is_none_or(|p| now.duration_since(p.last_active) >= limit);
+                .is_none_or(|p| now.duration_since(p.dir.flow().last_active) >= limit);
             if peer_idle {
                 self.end_relay(id, CloseKind::Abort);
             }
