@@ -127,6 +127,13 @@ pub struct RelayConfig {
     /// the pipe or buffer goes back at once. Beyond it a stalled direction keeps its pipe
     /// or buffer (as with 0).
     pub stall_bytes_per_worker: usize,
+    /// Kernel socket buffers of a relayed connection (`SO_SNDBUF` and `SO_RCVBUF`, set
+    /// when the relay starts). Without a bound one stalled stream (a receiver that does
+    /// not read) makes the kernel hold several MiB for it (autotuning up to `tcp_rmem` and
+    /// `tcp_wmem`), and a few hundred push the whole machine into TCP memory pressure. It
+    /// also bounds a stream's throughput over a path with round trip r to about
+    /// 2 x socket_buffer / r. 0 = the kernel's autotuning.
+    pub socket_buffer: usize,
 }
 
 impl Default for Config {
@@ -172,6 +179,7 @@ impl Default for RelayConfig {
             pipe_size: 1 << 20,
             pipes_per_worker: 32,
             stall_bytes_per_worker: 32 << 20,
+            socket_buffer: 256 << 10,
         }
     }
 }
@@ -387,6 +395,12 @@ impl Config {
         }
         if r.pipes_per_worker == 0 || r.pipes_per_worker > 65536 {
             return Err(invalid("relay.pipes_per_worker", "must be 1 to 65536"));
+        }
+        if r.socket_buffer != 0 && !(4096..=(64 << 20)).contains(&r.socket_buffer) {
+            return Err(invalid(
+                "relay.socket_buffer",
+                format!("{} is not 0 or between 4096 and 64 MiB", r.socket_buffer),
+            ));
         }
         if r.stall_bytes_per_worker > (1 << 40) {
             return Err(invalid(

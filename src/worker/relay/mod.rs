@@ -80,6 +80,15 @@ impl Worker {
                 set_nonblocking(fd);
             }
         }
+        if relay.socket_buffer > 0 {
+            // What a stalled stream can make the kernel hold for it: the bytes its
+            // sender pushes wait in one socket's receive queue, those for its receiver
+            // in the other's send queue.
+            for fd in fds {
+                set_buffer(fd, libc::SO_SNDBUF, relay.socket_buffer);
+                set_buffer(fd, libc::SO_RCVBUF, relay.socket_buffer);
+            }
+        }
         for id in [first, second] {
             match engine {
                 // Bytes that came before the activation wait in the kernel: the first read
@@ -423,4 +432,20 @@ fn set_nonblocking(fd: std::os::fd::RawFd) {
         let r = libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
         debug_assert!(r == 0);
     }
+}
+
+/// Sets a socket's `SO_SNDBUF` or `SO_RCVBUF`: the kernel doubles it for its bookkeeping
+/// and stops autotuning it. A failure leaves the kernel's own value.
+fn set_buffer(fd: std::os::fd::RawFd, opt: libc::c_int, bytes: usize) {
+    let v = bytes.min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: setsockopt with a correctly sized int on a socket the worker owns.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
