@@ -76,6 +76,9 @@ fn ten_thousand_directions_waiting_for_one_pipe() {
     c.relay.pipe_size = 64 << 10;
     // Stalled directions keep their pipe, so every other direction has to wait for it.
     c.relay.stall_bytes_per_worker = 0;
+    // Kernel buffers as autotuned: the stalled direction must fill its pipe and keep it
+    // (with `relay.socket_buffer` it can stall holding nothing, and nobody would wait).
+    c.relay.socket_buffer = 0;
     let (h, addr) = start(c);
 
     // One stalled direction holds the only pipe.
