@@ -156,6 +156,15 @@ fn activate(c: &mut Client, sid: &str) -> Result<(), String> {
     }
 }
 
+/// Waits until the proxy answers activations (an unknown key gets `item-not-found`).
+fn wait_logged_in(probe: &mut Client) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while activate(probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
+        assert!(Instant::now() < end, "the component never logged in");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// One verified setup: both halves, activation through Prosody, data both ways.
 fn setup(addr: SocketAddr, c: &mut Client, sid: &str, seed: u64) -> Result<(), String> {
     let k = key(sid, &c.jid);
@@ -378,11 +387,7 @@ fn upgrades_under_load(procedure: Procedure, server: Server, rounds: usize) -> (
 
     let mut current = Proxy::spawn(&cfg);
     let mut probe = Client::login(xmpp.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
-    let end = Instant::now() + Duration::from_secs(30);
-    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
-        assert!(Instant::now() < end, "the component never logged in");
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_logged_in(&mut probe);
     let long = long_transfer(addr, &mut probe);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -466,11 +471,7 @@ fn sigusr2_starts_a_successor_that_takes_over_and_tells_the_service_manager() {
     );
 
     let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
-    let end = Instant::now() + Duration::from_secs(30);
-    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
-        assert!(Instant::now() < end, "the component never logged in");
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_logged_in(&mut probe);
     let pending = in_flight(addr, &probe.jid, 0);
     old.signal("-USR2");
     let n = notify
@@ -516,11 +517,7 @@ fn a_stranger_on_the_handover_socket_changes_nothing() {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut proxy = Proxy::spawn(&cfg);
     let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
-    let end = Instant::now() + Duration::from_secs(30);
-    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
-        assert!(Instant::now() < end, "the component never logged in");
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_logged_in(&mut probe);
     let pending = in_flight(addr, &probe.jid, 0);
     let sock = dir.path().join("handover.sock");
     let wrong = Channel::connect(&sock).unwrap();

@@ -96,12 +96,8 @@ impl Worker {
             self.exporting += 1;
             if c.inflight == 0 {
                 self.export_now(id, None);
-            } else if !c.cancel_sent {
-                c.cancel_sent = true;
-                let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(c.fd)).all())
-                    .build()
-                    .user_data(token(Op::Cancel, id.idx, id.gen));
-                self.ring.push(e);
+            } else {
+                self.cancel_ops(id);
             }
         }
         self.export_progress();
@@ -276,16 +272,7 @@ impl Worker {
                 self.after_feed(id, step);
             }
             Carried::Placed { key, unsent } => {
-                let id = self.conns.insert(Conn {
-                    fd,
-                    src,
-                    inflight: 0,
-                    phase: Phase::Dead,
-                    closing: None,
-                    pending: true,
-                    cancel_sent: false,
-                    exporting: false,
-                });
+                let id = self.conns.insert(Conn::finished_handshake(fd, src));
                 match self.table.insert(key, id, self.now) {
                     placed @ (Insert::Waiting | Insert::Paired { .. }) => {
                         if matches!(placed, Insert::Paired { .. }) {

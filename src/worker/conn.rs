@@ -40,6 +40,23 @@ pub(crate) struct Conn {
 /// failed, so the peer must not mistake it for a clean end).
 pub(crate) use crate::relay::pair::Close as CloseKind;
 
+impl Conn {
+    /// A connection whose handshake is done (handed over from another core or another
+    /// process), about to be placed: still pending.
+    pub fn finished_handshake(fd: RawFd, src: Source) -> Conn {
+        Conn {
+            fd,
+            src,
+            inflight: 0,
+            phase: Phase::Dead,
+            closing: None,
+            pending: true,
+            cancel_sent: false,
+            exporting: false,
+        }
+    }
+}
+
 pub(crate) enum Phase {
     Handshake(Box<Hs>),
     Reply(Box<Reply>),

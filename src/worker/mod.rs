@@ -517,13 +517,24 @@ impl Worker {
         }
         if c.inflight == 0 {
             self.finalize(id);
-        } else if !c.cancel_sent {
-            c.cancel_sent = true;
-            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(c.fd)).all())
-                .build()
-                .user_data(token(Op::Cancel, id.idx, id.gen));
-            self.ring.push(e);
+        } else {
+            self.cancel_ops(id);
         }
+    }
+
+    /// Cancels every operation in flight on a connection's descriptor (once).
+    fn cancel_ops(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.cancel_sent {
+            return;
+        }
+        c.cancel_sent = true;
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(c.fd)).all())
+            .build()
+            .user_data(token(Op::Cancel, id.idx, id.gen));
+        self.ring.push(e);
     }
 
     /// Frees a connection with nothing in flight: returns what it borrowed, closes its fd.

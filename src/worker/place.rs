@@ -26,16 +26,7 @@ impl Worker {
         prefix: &[u8],
     ) {
         self.stats().open.fetch_add(1, Relaxed);
-        let id = self.conns.insert(Conn {
-            fd,
-            src,
-            inflight: 0,
-            phase: Phase::Dead,
-            closing: None,
-            pending: true,
-            cancel_sent: false,
-            exporting: false,
-        });
+        let id = self.conns.insert(Conn::finished_handshake(fd, src));
         if self.export.is_some() {
             // An upgrade is handing this core's connections over: this one goes too.
             let mut unsent = prefix.to_vec();
