@@ -75,7 +75,9 @@ impl Worker {
             let Some(c) = self.conns.get_mut(id) else {
                 continue;
             };
-            if c.closing.is_some() {
+            // Activated (no longer pending): its relay starts here once a reply is out,
+            // even where this half waits or its own reply is not the one activated.
+            if c.closing.is_some() || !c.pending {
                 continue;
             }
             let key = match &c.phase {
@@ -332,4 +334,248 @@ fn replay(hs: &mut Hs, received: &[u8], replied: usize) -> crate::socks5::Step {
         hs.sent = 0;
     }
     step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Socks5Auth};
+    use crate::key::{KeyRouter, StreamKey};
+    use crate::socks5::{success_reply, Handshake, Step};
+    use crate::stats::WorkerStats;
+    use crate::worker::conn::HS_BUF;
+    use crate::worker::mailbox::Mailbox;
+    use crate::worker::Shared;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Instant;
+
+    fn key() -> StreamKey {
+        StreamKey::from_parts("sid", "a@x/r", "b@x/r")
+    }
+
+    fn request(key: &StreamKey) -> Vec<u8> {
+        let mut r = vec![5, 1, 0, 3, StreamKey::LEN as u8];
+        r.extend_from_slice(key.as_bytes());
+        r.extend_from_slice(&[0, 0]);
+        r
+    }
+
+    fn auth() -> Arc<Socks5Auth> {
+        Arc::new(Socks5Auth {
+            username: "user".into(),
+            password: "secret".into(),
+        })
+    }
+
+    /// A whole client handshake: greeting, the RFC 1929 exchange when `auth`, request.
+    fn handshake(auth: bool) -> Vec<u8> {
+        let mut b = if auth { vec![5, 1, 2] } else { vec![5, 1, 0] };
+        if auth {
+            b.extend_from_slice(&[1, 4]);
+            b.extend_from_slice(b"user");
+            b.push(6);
+            b.extend_from_slice(b"secret");
+        }
+        b.extend_from_slice(&request(&key()));
+        b
+    }
+
+    fn fresh_hs(auth: Option<Arc<Socks5Auth>>) -> Hs {
+        Hs {
+            parser: Handshake::new(auth),
+            buf: [0; HS_BUF],
+            len: 0,
+            replied: 0,
+            out: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// Every split of a real handshake, with every count of intermediate reply bytes the
+    /// old process may have sent by then: the new process sends exactly the rest of the
+    /// replies (none twice, none skipped) and ends with the same key.
+    #[test]
+    fn replay_goes_on_exactly_where_any_split_stopped() {
+        for with_auth in [false, true] {
+            let a = with_auth.then(auth);
+            let full = handshake(with_auth);
+            let mut all_replies = Vec::new();
+            let end = Handshake::new(a.clone()).feed(&full, &mut all_replies);
+            assert_eq!(end, Step::Done(key()));
+            let expected = if with_auth {
+                vec![5, 2, 1, 0]
+            } else {
+                vec![5, 0]
+            };
+            assert_eq!(all_replies, expected);
+            for k in 0..=full.len() {
+                let mut produced = Vec::new();
+                Handshake::new(a.clone()).feed(&full[..k], &mut produced);
+                for replied in 0..=produced.len() {
+                    let mut hs = fresh_hs(a.clone());
+                    let step = replay(&mut hs, &full[..k], replied);
+                    let what = format!("auth {with_auth}, split {k}, replied {replied}");
+                    assert_eq!(&hs.buf[..hs.len], &full[..k], "{what}");
+                    assert_eq!(hs.replied, replied, "{what}");
+                    assert_eq!(hs.out[hs.sent..], produced[replied..], "{what}");
+                    let rest = hs.parser.feed(&full[k..], &mut hs.out);
+                    let last = if k == full.len() { step } else { rest };
+                    assert_eq!(last, Step::Done(key()), "{what}");
+                    assert_eq!(hs.out[hs.sent..], all_replies[replied..], "{what}");
+                }
+            }
+        }
+    }
+
+    /// A handshake that fails on replay (wrong password) fails the same way and queues
+    /// the same refusal after what was sent.
+    #[test]
+    fn replay_of_a_bad_password_refuses_it_again() {
+        let mut full = handshake(true);
+        // The password's first byte (greeting 3, auth header 2, user 4, its length 1).
+        let p = 3 + 2 + 4 + 1;
+        assert_eq!(full[p], b's');
+        full[p] = b'S';
+        let cut = p + 6;
+        let mut produced = Vec::new();
+        let want = Handshake::new(Some(auth())).feed(&full[..cut], &mut produced);
+        assert!(matches!(want, Step::Failed(_)), "{want:?}");
+        let mut hs = fresh_hs(Some(auth()));
+        assert_eq!(replay(&mut hs, &full[..cut], 2), want);
+        assert_eq!(hs.out[hs.sent..], produced[2..]);
+    }
+
+    fn worker() -> Worker {
+        let mut config = Config::default();
+        config.workers = 1;
+        config.relay.buffers_per_worker = 64;
+        let shared = Arc::new(Shared {
+            auth: None,
+            router: KeyRouter::new(1),
+            stats: vec![WorkerStats::default()].into_boxed_slice(),
+            mailboxes: vec![Mailbox::new().unwrap()].into_boxed_slice(),
+            open: Default::default(),
+            pending: Default::default(),
+            max_connections: config.max_connections.into(),
+            max_pending: config.max_pending.into(),
+            fd_budget: usize::MAX,
+            ip_limits: crate::limits::IpLimiter::new(config.source_limits()),
+            admitting: true.into(),
+            shaping: crate::shaping::Shaping::new(&config.shaping, &config.quota).unwrap(),
+            stream_log: crate::worker::stream_log::StreamLog::start().unwrap(),
+            config,
+        });
+        Worker::new(0, shared, Vec::new()).unwrap()
+    }
+
+    /// A client connection accepted on `l`, counted as `accepted` counts it, not placed yet.
+    fn half(w: &mut Worker, l: &TcpListener) -> (TcpStream, ConnId) {
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        w.shared.open.fetch_add(1, Relaxed);
+        w.shared.pending.fetch_add(1, Relaxed);
+        w.stats().open.fetch_add(1, Relaxed);
+        let id = w.conns.insert(Conn {
+            fd: server.into_raw_fd(),
+            src: Source::of(std::net::Ipv4Addr::LOCALHOST.into()),
+            inflight: 0,
+            phase: Phase::Dead,
+            closing: None,
+            pending: true,
+            cancel_sent: false,
+            exporting: false,
+        });
+        (client, id)
+    }
+
+    /// Runs the worker's ring (as its loop does) until `done` or 5 s.
+    fn pump(w: &mut Worker, mut done: impl FnMut(&Worker) -> bool) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !done(w) && Instant::now() < end {
+            let cqes = w
+                .ring
+                .submit_and_reap(Some(Duration::from_millis(20)))
+                .unwrap();
+            w.now = Instant::now();
+            for cqe in &cqes {
+                w.dispatch(cqe);
+            }
+            w.ring.recycle(cqes);
+        }
+    }
+
+    fn relaying(w: &Worker, id: ConnId) -> bool {
+        w.conns
+            .get(id)
+            .is_some_and(|c| matches!(c.phase, Phase::Relay(_)))
+    }
+
+    /// An activation answered while a half's success reply is still going out leaves the
+    /// pair to start relaying when it is out (`Reply::activated`). A handover at that
+    /// moment must leave both halves here: the requester was told "activated", and the
+    /// new process can never activate them again.
+    #[test]
+    fn an_export_leaves_a_pair_activated_during_its_reply_here() {
+        // Whether the first half's reply is out (it waits) when the pair is activated.
+        for first_waiting in [true, false] {
+            let mut w = worker();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let (mut ca, a) = half(&mut w, &l);
+            let (mut cb, b) = half(&mut w, &l);
+            w.place(a, key(), &[]);
+            if first_waiting {
+                pump(&mut w, |w| {
+                    w.conns
+                        .get(a)
+                        .is_some_and(|c| matches!(c.phase, Phase::Waiting { .. }))
+                });
+            }
+            // The second half's reply is queued, not yet out, when the activation comes.
+            w.place(b, key(), &[]);
+            let outcome = Arc::new(Mutex::new(None));
+            let o = outcome.clone();
+            w.activate(
+                key(),
+                None,
+                None,
+                Box::new(move |r| *o.lock().unwrap() = Some(r)),
+            );
+            assert_eq!(
+                *outcome.lock().unwrap(),
+                Some(crate::rendezvous::ActivationOutcome::Activated)
+            );
+            let sink = Arc::new(ExportSink::default());
+            w.start_export(sink.clone());
+            pump(&mut w, |w| {
+                sink.wait(1, Duration::ZERO) && relaying(w, a) && relaying(w, b)
+            });
+            let what = format!("first half waiting: {first_waiting}");
+            assert!(sink.wait(1, Duration::ZERO), "{what}: the export reported");
+            assert_eq!(
+                sink.conns.lock().unwrap().len(),
+                0,
+                "{what}: an activated half was handed over"
+            );
+            assert!(relaying(&w, a) && relaying(&w, b), "{what}: not relaying");
+            // Both replies arrived, and the stream carries bytes.
+            for c in [&mut ca, &mut cb] {
+                let mut reply = [0u8; 47];
+                c.read_exact(&mut reply).unwrap();
+                assert_eq!(reply, success_reply(&key()), "{what}");
+            }
+            ca.write_all(b"ping").unwrap();
+            cb.set_nonblocking(true).unwrap();
+            let mut got = Vec::new();
+            pump(&mut w, |_| {
+                let mut b = [0u8; 8];
+                if let Ok(n) = cb.read(&mut b) {
+                    got.extend_from_slice(&b[..n]);
+                }
+                got.len() >= 4
+            });
+            assert_eq!(got, b"ping", "{what}");
+            w.shutdown_now();
+        }
+    }
 }
