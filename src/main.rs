@@ -219,6 +219,17 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
                         m.stop();
                     }
                 }) {
+                    // The old link stays until the new one is logged in (it forwards
+                    // what it still receives meanwhile).
+                    Ok(g) if g.logged_in.recv_timeout(LOGIN_HANDOVER) == Ok(false) => {
+                        tracing::error!("the new process left before logging in; serving on");
+                        g.take_back(&handle, control.as_ref());
+                        if metrics.is_none() {
+                            if let Some(addr) = config.metrics.listen {
+                                metrics = serve_metrics(addr, &handle, control.as_ref()).ok();
+                            }
+                        }
+                    }
                     Ok(g) => {
                         tracing::info!(
                             listeners = g.listeners,
@@ -246,12 +257,8 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
     if let Some(m) = metrics {
         m.stop();
     }
-    // After a handover the old link stays until the new one is logged in (it forwards
-    // what it still receives meanwhile); otherwise leave XMPP first, so a new process
-    // can log in as the component while relays finish.
-    if let Some(g) = &given {
-        let _ = g.logged_in.recv_timeout(LOGIN_HANDOVER);
-    }
+    // Leave XMPP first (after a handover, the new component is logged in by now), so a
+    // new process can log in as the component while relays finish.
     if let Some(c) = control {
         c.stop();
     }

@@ -544,3 +544,29 @@ fn a_stranger_on_the_handover_socket_changes_nothing() {
     setup(addr, &mut probe, "after", 9).expect("a setup after the strangers");
     assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
 }
+
+/// A new process that takes the state and then dies before its component logs in (a bad
+/// config, a crash on start): the old one serves its listeners again and answers the
+/// stanzas itself, instead of leaving nobody on the port.
+#[test]
+fn a_new_process_that_dies_after_taking_the_state_leaves_the_old_one_serving() {
+    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &prosody, port);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut proxy = Proxy::spawn(&cfg);
+    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
+        assert!(Instant::now() < end, "the component never logged in");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let taken = streamhost::handover::take::take(&dir.path().join("handover.sock"))
+        .expect("the old process hands its state over");
+    assert!(!taken.listeners.is_empty(), "the listeners came over");
+    drop(taken);
+    thread::sleep(Duration::from_millis(500));
+    setup(addr, &mut probe, "after", 11).expect("a setup after the new process died");
+    assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
+}
