@@ -143,7 +143,8 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
     handle.adopt(conns);
     if taken.is_some() {
         // The old link forwards every stanza here until this component is logged in, so
-        // what arrives meanwhile can be activated.
+        // what arrives meanwhile can be activated (`start_with` admits from the start
+        // already when listeners came over; this covers a handover without any).
         handle.set_admitting(true);
     }
     tracing::info!(

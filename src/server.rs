@@ -92,6 +92,9 @@ impl Server {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let workers = config.worker_count();
+        // A process that took over admits from the start (the old link forwards to it):
+        // what queued on the inherited listeners is accepted as soon as a worker runs.
+        let admitting = config.component.is_none() || !inherited.is_empty();
         let inherited = inherited
             .into_iter()
             .filter_map(|fd| {
@@ -116,7 +119,7 @@ impl Server {
             max_pending: AtomicUsize::new(config.max_pending),
             fd_budget: fd_budget(&config, workers),
             ip_limits: crate::limits::IpLimiter::new(config.source_limits()),
-            admitting: std::sync::atomic::AtomicBool::new(config.component.is_none()),
+            admitting: std::sync::atomic::AtomicBool::new(admitting),
             shaping: shaping.clone(),
             stream_log: crate::worker::stream_log::StreamLog::start()?,
             config,

@@ -570,3 +570,49 @@ fn a_new_process_that_dies_after_taking_the_state_leaves_the_old_one_serving() {
     setup(addr, &mut probe, "after", 11).expect("a setup after the new process died");
     assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
 }
+
+/// A process that took over admits from the start (the old link forwards to it): the
+/// connections queued on the inherited listeners during the handover are served as soon
+/// as its workers run, not refused as "not ready" before its component is up.
+#[test]
+fn a_process_that_took_over_serves_what_queued_on_the_listeners_at_once() {
+    use socket2::{Domain, Socket, Type};
+    let port = free_port();
+    let config = streamhost::config::Config::from_toml_str(
+        &format!(
+            r#"
+workers = 2
+listen = ["127.0.0.1:{port}"]
+
+[component]
+server = "127.0.0.1:1"
+jid = "{PROXY_JID}"
+secret = "unused"
+"#
+        ),
+        "test",
+    )
+    .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The old process's listener, with connections queued on it meanwhile.
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.set_reuse_address(true).unwrap();
+    l.set_reuse_port(true).unwrap();
+    l.bind(&addr.into()).unwrap();
+    l.listen(64).unwrap();
+    let queued: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let handle =
+        streamhost::Server::start_with(config, vec![std::os::fd::OwnedFd::from(l)]).unwrap();
+    for (i, mut c) in queued.into_iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(&[5, 1, 0]).unwrap();
+        let mut reply = [0u8; 2];
+        c.read_exact(&mut reply)
+            .unwrap_or_else(|e| panic!("queued connection {i} was refused: {e}"));
+        assert_eq!(reply, [5, 0], "connection {i}");
+    }
+    assert_eq!(
+        handle.stats().refused(streamhost::stats::Refusal::NotReady),
+        0
+    );
+}
