@@ -447,8 +447,10 @@ mod tests {
     }
 
     fn worker() -> Worker {
-        let mut config = Config::default();
-        config.workers = 1;
+        let mut config = Config {
+            workers: 1,
+            ..Config::default()
+        };
         config.relay.buffers_per_worker = 64;
         let shared = Arc::new(Shared {
             auth: None,
@@ -577,5 +579,111 @@ mod tests {
             assert_eq!(got, b"ping", "{what}");
             w.shutdown_now();
         }
+    }
+
+    /// A client connection and the server side's descriptor (for `Worker::accepted`).
+    fn accept(l: &TcpListener) -> (TcpStream, RawFdHolder) {
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        (client, RawFdHolder(server.into_raw_fd()))
+    }
+
+    /// A server-side descriptor not yet given to a worker.
+    struct RawFdHolder(i32);
+
+    fn counts(w: &Worker) -> (usize, usize) {
+        (w.shared.open.load(Relaxed), w.shared.pending.load(Relaxed))
+    }
+
+    /// Export then adoption over real sockets: a handshake whose read completes with the
+    /// greeting during the cancel, a client that leaves during the export, a waiting
+    /// half. The counters return to zero on the old side and count what came over on the
+    /// new one; the adopted handshake gets each reply byte exactly once.
+    #[test]
+    fn export_then_adopt_goes_on_where_the_old_worker_stopped() {
+        let mut old = worker();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        // x: its greeting is in the socket when the export cancels its read.
+        let (mut x, xfd) = accept(&l);
+        x.write_all(&[5, 1, 0]).unwrap();
+        // y: gone before the export.
+        let (y, yfd) = accept(&l);
+        drop(y);
+        // z: a whole pipelined handshake, placed and waiting for its peer.
+        let (mut z, zfd) = accept(&l);
+        z.write_all(&[&[5, 1, 0][..], &request(&key())].concat())
+            .unwrap();
+        old.accepted(zfd.0);
+        pump(&mut old, |w| {
+            w.conns.ids().iter().any(|&id| {
+                w.conns
+                    .get(id)
+                    .is_some_and(|c| matches!(c.phase, Phase::Waiting { .. }))
+            })
+        });
+        let mut zr = [0u8; 49];
+        z.read_exact(&mut zr).unwrap();
+        assert_eq!(zr[..2], [5, 0]);
+        assert_eq!(zr[2..], success_reply(&key()));
+        old.accepted(xfd.0);
+        old.accepted(yfd.0);
+        assert_eq!(counts(&old), (3, 3));
+        let sink = Arc::new(ExportSink::default());
+        old.start_export(sink.clone());
+        pump(&mut old, |_| sink.wait(1, Duration::ZERO));
+        assert!(sink.wait(1, Duration::ZERO), "the export reported");
+        assert_eq!(counts(&old), (0, 0), "open, pending after the export");
+        assert_eq!(old.stats().open.load(Relaxed), 0);
+        assert_eq!(old.stats().handed_over.load(Relaxed), 2);
+        let mut carried = std::mem::take(&mut *sink.conns.lock().unwrap());
+        carried.sort_by_key(|(_, c)| matches!(c, Carried::Placed { .. }));
+        let kinds: Vec<_> = carried.iter().map(|(_, c)| c.clone()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                Carried::Handshake {
+                    received: vec![5, 1, 0],
+                    replied: 0
+                },
+                Carried::Placed {
+                    key: key(),
+                    unsent: Vec::new()
+                },
+            ]
+        );
+        old.shutdown_now();
+
+        let mut new = worker();
+        for (fd, c) in carried {
+            new.adopt(fd, c);
+        }
+        assert_eq!(counts(&new), (2, 2));
+        assert_eq!(new.stats().adopted.load(Relaxed), 2);
+        let mut got = Vec::new();
+        x.set_nonblocking(true).unwrap();
+        pump(&mut new, |_| {
+            let mut b = [0u8; 64];
+            if let Ok(n) = x.read(&mut b) {
+                got.extend_from_slice(&b[..n]);
+            }
+            got.len() >= 2
+        });
+        assert_eq!(got, [5, 0], "the method reply, once");
+        x.write_all(&request(&key())).unwrap();
+        got.clear();
+        pump(&mut new, |_| {
+            let mut b = [0u8; 64];
+            if let Ok(n) = x.read(&mut b) {
+                got.extend_from_slice(&b[..n]);
+            }
+            got.len() >= 47
+        });
+        assert_eq!(got, success_reply(&key()), "the success reply, once");
+        // x and z are now the two halves of the key: paired in the new worker's table.
+        assert!(matches!(
+            new.table.activate(&key()),
+            crate::rendezvous::Activation::Start { .. }
+        ));
+        new.shutdown_now();
     }
 }
