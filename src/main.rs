@@ -129,9 +129,23 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
         }
         (true, Some(p)) => match take::take(p) {
             Ok(t) => Some(t),
-            Err(e) => {
+            // Nobody at the socket: no old process, so this one starts on its own.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
                 tracing::warn!(error = %e, "no process to take over from; starting on my own");
                 None
+            }
+            // An old process runs but hung up (busy with another new process, another
+            // version): starting beside it would serve the port and the component twice.
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("taking over: {e}; the running process goes on"),
+                ))
             }
         },
     };

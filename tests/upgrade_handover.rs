@@ -616,3 +616,32 @@ secret = "unused"
         0
     );
 }
+
+/// A new process that the old one hangs up on (busy with another new process, or of
+/// another handover version) must not start beside it on the same port, where both would
+/// serve and take the component from each other: it exits with an error.
+#[test]
+fn a_takeover_the_old_process_hangs_up_on_exits_instead_of_starting_beside_it() {
+    use streamhost::handover::{socket::Listener, wire::Frame};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config_for(dir.path(), "127.0.0.1:1", SECRET, port);
+    // Stands for the running process.
+    let old = Listener::bind(&dir.path().join("handover.sock")).unwrap();
+    let mut new = Proxy::spawn_with(&cfg, &["--takeover"], "warn");
+    let ch = old.accept().unwrap();
+    assert!(matches!(
+        ch.recv().unwrap(),
+        Some((Frame::Hello { .. }, None))
+    ));
+    drop(ch);
+    assert_eq!(
+        new.wait_exit(15),
+        Some(false),
+        "the new process exits with an error"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nobody listens on the port"
+    );
+}
