@@ -271,7 +271,7 @@ impl Handle {
             m.send(Msg::Export(sink.clone()));
         }
         if !sink.wait(n, timeout) {
-            return Err(io::Error::other("workers did not hand over in time"));
+            return Err(self.abandon(&sink, "workers did not hand over in time"));
         }
         // Hand-offs between cores sent before a worker reported are in the mailboxes
         // ahead of this second round.
@@ -279,14 +279,20 @@ impl Handle {
             m.send(Msg::ExportSeal(sink.clone()));
         }
         if !sink.wait(2 * n, timeout) {
-            return Err(io::Error::other(
-                "workers did not seal the handover in time",
-            ));
+            return Err(self.abandon(&sink, "workers did not seal the handover in time"));
         }
         Ok(Exported {
             listeners: take_all(&sink.listeners),
             conns: take_all(&sink.conns),
         })
+    }
+
+    /// An export that timed out: what the workers handed over so far is restored, and
+    /// those that report later serve their own listeners again (`ExportSink::abandon`).
+    fn abandon(&self, sink: &ExportSink, why: &str) -> io::Error {
+        let (listeners, conns) = sink.abandon();
+        self.restore(Exported { listeners, conns });
+        io::Error::other(why.to_string())
     }
 
     /// A handover that failed after `export`: the workers serve the listeners again and

@@ -645,3 +645,36 @@ fn a_takeover_the_old_process_hangs_up_on_exits_instead_of_starting_beside_it() 
         "nobody listens on the port"
     );
 }
+
+/// An export that times out (a worker slow to hand over) gives up the handover: every
+/// worker serves its listeners again, including those that had already handed theirs
+/// over and those that report after the timeout.
+#[test]
+fn an_export_that_times_out_leaves_every_listener_served() {
+    let port = free_port();
+    let config = streamhost::config::Config::from_toml_str(
+        &format!("workers = 2\nlisten = [\"127.0.0.1:{port}\"]\n"),
+        "test",
+    )
+    .unwrap();
+    let handle = streamhost::Server::start(config).unwrap();
+    // No time at all: the workers cannot have reported yet.
+    let mut timed_out = 0;
+    for _ in 0..5 {
+        match handle.export(Duration::ZERO) {
+            Ok(e) => handle.restore(e),
+            Err(_) => timed_out += 1,
+        }
+    }
+    assert!(timed_out > 0, "an export with no time timed out");
+    thread::sleep(Duration::from_millis(500));
+    for i in 0..16 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(&[5, 1, 0]).unwrap();
+        let mut reply = [0u8; 2];
+        c.read_exact(&mut reply)
+            .unwrap_or_else(|e| panic!("connection {i} after the failed export: {e}"));
+        assert_eq!(reply, [5, 0], "connection {i}");
+    }
+}

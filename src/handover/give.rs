@@ -167,8 +167,7 @@ pub fn give(
     let exported = match handle.export(EXPORT_TIMEOUT) {
         Ok(e) => e,
         Err(e) => {
-            // What did leave the workers stays in their sinks: nothing to restore but
-            // the stanzas.
+            // `export` restored what did leave the workers: only the stanzas are left.
             take_back(control, stanzas);
             return Err(e);
         }

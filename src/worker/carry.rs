@@ -27,9 +27,21 @@ pub(crate) struct ExportSink {
     /// Workers that reported (each reports once per round: export, then seal).
     reported: Mutex<usize>,
     cv: Condvar,
+    /// The handover gave up waiting (`abandon`); set with `listeners` locked.
+    abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl ExportSink {
+    /// The handover gives up waiting for the workers: what is in the sink is taken (to
+    /// be restored), and a worker that reports later keeps its listeners and serves them.
+    pub fn abandon(&self) -> (Vec<OwnedFd>, Vec<(OwnedFd, Carried)>) {
+        let mut ls = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        self.abandoned.store(true, Relaxed);
+        let ls = std::mem::take(&mut *ls);
+        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()));
+        (ls, conns)
+    }
+
     fn report(&self) {
         *self.reported.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         self.cv.notify_all();
@@ -221,11 +233,23 @@ impl Worker {
             return;
         };
         self.export_reported = true;
-        let ls = std::mem::take(&mut self.listeners);
-        sink.listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(ls.into_iter().map(OwnedFd::from));
+        let mut given = sink.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        if sink.abandoned.load(Relaxed) {
+            // Too late: the handover gave up. Every accept has ended: serve them again.
+            self.export = None;
+            self.draining = false;
+            self.export_reported = false;
+            for i in 0..self.listeners.len() {
+                self.arm_accept(i);
+            }
+        } else {
+            given.extend(
+                std::mem::take(&mut self.listeners)
+                    .into_iter()
+                    .map(OwnedFd::from),
+            );
+        }
+        drop(given);
         sink.report();
     }
 
@@ -238,12 +262,17 @@ impl Worker {
     /// The handover failed after this worker exported: it serves `listeners` again (the
     /// connections come back through `adopt`).
     pub(super) fn restore(&mut self, listeners: Vec<OwnedFd>) {
-        if self.export.take().is_none() || self.stopping {
+        if self.stopping {
             return;
         }
-        self.draining = false;
-        self.export_reported = false;
-        self.accepts_live = 0;
+        // A worker that had not reported yet (the export timed out) keeps its own
+        // listeners: their cancelled accepts are re-armed on the next tick.
+        if self.export.take().is_some() {
+            self.draining = false;
+            self.export_reported = false;
+            self.accepts_live = 0;
+        }
+        // Served here whatever this worker's state: dropped, they would close.
         for fd in listeners {
             self.listeners.push(socket2::Socket::from(fd));
             self.arm_accept(self.listeners.len() - 1);
