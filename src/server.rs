@@ -306,19 +306,35 @@ impl Handle {
         for (m, ls) in self.shared.mailboxes.iter().zip(per) {
             m.send(Msg::Restore(ls));
         }
-        self.adopt(exported.conns);
+        self.send_adopt(exported.conns, true);
+    }
+
+    /// The old side's count of connections handed over, once they went (a handover that
+    /// fails and restores them moved nothing).
+    pub fn handed_over(&self, conns: usize) {
+        self.shared.stats[0]
+            .handed_over
+            .fetch_add(conns as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Upgrade handover, new side: connections the old process handed over. A placed
     /// half goes to its key's owner core, a handshake to any.
     pub fn adopt(&self, conns: Vec<(OwnedFd, Carried)>) {
+        self.send_adopt(conns, false);
+    }
+
+    fn send_adopt(&self, conns: Vec<(OwnedFd, Carried)>, restored: bool) {
         let n = self.shared.mailboxes.len();
         for (i, (fd, carried)) in conns.into_iter().enumerate() {
             let to = match &carried {
                 Carried::Placed { key, .. } => self.shared.router.owner(key),
                 Carried::Handshake { .. } => i % n,
             };
-            self.shared.mailboxes[to].send(Msg::Adopt { fd, carried });
+            self.shared.mailboxes[to].send(Msg::Adopt {
+                fd,
+                carried,
+                restored,
+            });
         }
     }
 

@@ -678,3 +678,38 @@ fn an_export_that_times_out_leaves_every_listener_served() {
         assert_eq!(reply, [5, 0], "connection {i}");
     }
 }
+
+/// A handover that fails after the export (the new process gone) takes everything back:
+/// a connection mid-handshake goes on where it was, and the upgrade counters say that
+/// nothing moved between processes.
+#[test]
+fn a_restored_export_goes_on_and_counts_nothing_as_moved() {
+    let port = free_port();
+    let config = streamhost::config::Config::from_toml_str(
+        &format!("workers = 2\nlisten = [\"127.0.0.1:{port}\"]\n"),
+        "test",
+    )
+    .unwrap();
+    let handle = streamhost::Server::start(config).unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(&[5, 1, 0]).unwrap();
+    let mut reply = [0u8; 2];
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [5, 0]);
+    let exported = handle.export(Duration::from_secs(10)).unwrap();
+    assert_eq!(exported.conns.len(), 1, "the handshake half done");
+    assert!(!exported.listeners.is_empty());
+    handle.restore(exported);
+    let k = key("restored", "romeo@localhost/r");
+    let mut req = vec![5, 1, 0, 3, 40];
+    req.extend_from_slice(k.as_bytes());
+    req.extend_from_slice(&[0, 0]);
+    c.write_all(&req).unwrap();
+    let mut done = [0u8; 47];
+    c.read_exact(&mut done).unwrap();
+    assert_eq!(done[..5], [5, 0, 0, 3, 40]);
+    assert_eq!(&done[5..45], k.as_bytes());
+    let s = handle.stats();
+    assert_eq!((s.handed_over, s.adopted), (0, 0), "nothing moved");
+}

@@ -182,6 +182,7 @@ pub fn give(
             format!("sending the state: {e}; serving on"),
         ));
     }
+    handle.handed_over(conns);
     // Our copies of the connections close here (the new process holds its own); the
     // listeners' stay until it is logged in.
     let kept = exported.listeners;

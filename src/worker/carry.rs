@@ -201,7 +201,6 @@ impl Worker {
         let fd = unsafe { OwnedFd::from_raw_fd(c.fd) };
         // Nothing to carry: closed here (dropping `fd`).
         if let (Some(carried), Some(sink)) = (carried, &self.export) {
-            self.stats().handed_over.fetch_add(1, Relaxed);
             sink.conns
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -212,7 +211,6 @@ impl Worker {
     /// A connection accepted while handing over goes over untouched.
     pub(super) fn export_fresh(&mut self, fd: OwnedFd) {
         if let Some(sink) = &self.export {
-            self.stats().handed_over.fetch_add(1, Relaxed);
             sink.conns.lock().unwrap_or_else(|e| e.into_inner()).push((
                 fd,
                 Carried::Handshake {
@@ -279,8 +277,9 @@ impl Worker {
         }
     }
 
-    /// A connection handed over by an old process.
-    pub(super) fn adopt(&mut self, fd: OwnedFd, carried: Carried) {
+    /// A connection handed over by an old process (or taken back by this one after a
+    /// failed handover: `restored`, not counted as adopted).
+    pub(super) fn adopt(&mut self, fd: OwnedFd, carried: Carried, restored: bool) {
         if self.stopping || self.draining {
             return;
         }
@@ -290,7 +289,9 @@ impl Worker {
         self.shared.open.fetch_add(1, Relaxed);
         self.shared.pending.fetch_add(1, Relaxed);
         self.stats().open.fetch_add(1, Relaxed);
-        self.stats().adopted.fetch_add(1, Relaxed);
+        if !restored {
+            self.stats().adopted.fetch_add(1, Relaxed);
+        }
         let fd = fd.into_raw_fd();
         match carried {
             Carried::Handshake { received, replied } => {
@@ -663,7 +664,6 @@ mod tests {
         assert!(sink.wait(1, Duration::ZERO), "the export reported");
         assert_eq!(counts(&old), (0, 0), "open, pending after the export");
         assert_eq!(old.stats().open.load(Relaxed), 0);
-        assert_eq!(old.stats().handed_over.load(Relaxed), 2);
         let mut carried = std::mem::take(&mut *sink.conns.lock().unwrap());
         carried.sort_by_key(|(_, c)| matches!(c, Carried::Placed { .. }));
         let kinds: Vec<_> = carried.iter().map(|(_, c)| c.clone()).collect();
@@ -684,7 +684,7 @@ mod tests {
 
         let mut new = worker();
         for (fd, c) in carried {
-            new.adopt(fd, c);
+            new.adopt(fd, c, false);
         }
         assert_eq!(counts(&new), (2, 2));
         assert_eq!(new.stats().adopted.load(Relaxed), 2);
