@@ -713,3 +713,39 @@ fn a_restored_export_goes_on_and_counts_nothing_as_moved() {
     let s = handle.stats();
     assert_eq!((s.handed_over, s.adopted), (0, 0), "nothing moved");
 }
+
+/// A new process that logs in as the component (so the server drops the old link) and
+/// dies before it says so: the old one takes the work back and logs in again, rather
+/// than serve on with no component and nothing able to activate a stream.
+#[test]
+fn a_new_process_that_dies_after_its_login_leaves_the_old_one_a_component() {
+    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &prosody, port);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut proxy = Proxy::spawn(&cfg);
+    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
+        assert!(Instant::now() < end, "the component never logged in");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let taken = streamhost::handover::take::take(&dir.path().join("handover.sock"))
+        .expect("the old process hands its state over");
+    // The new process's login: Prosody (kick_old) drops the old link.
+    let login = Client::component(prosody.component_port, PROXY_JID, SECRET)
+        .expect("the new component logs in");
+    thread::sleep(Duration::from_millis(500));
+    drop(login);
+    drop(taken);
+    let end = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = setup(addr, &mut probe, "after", 13) {
+        assert!(
+            Instant::now() < end,
+            "no setup after the new process died: {e}"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
+}
