@@ -12,7 +12,7 @@ use super::Worker;
 use crate::handover::wire::Carried;
 use crate::limits::Source;
 use crate::rendezvous::Insert;
-use crate::socks5::{failure_reply, Rep};
+use crate::socks5::{failure_reply, success_reply, Rep};
 use io_uring::{opcode, types};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
@@ -334,15 +334,18 @@ impl Worker {
                     }
                     Insert::Refused(why) => {
                         self.stats().refuse(why);
-                        if unsent.is_empty() {
-                            // Its success reply is out: all that is left is to close.
-                            self.close(id, CloseKind::Graceful);
-                        } else {
-                            self.start_reply(
-                                id,
-                                &failure_reply(Rep::NotAllowed),
-                                AfterReply::Close,
-                            );
+                        // `unsent` ends with the success reply, after any intermediate
+                        // replies still owed: those go out before the refusal, as in
+                        // `place`.
+                        let owed = unsent.len().checked_sub(success_reply(&key).len());
+                        match owed {
+                            // Its success reply is (partly) out: all that is left is to close.
+                            None => self.close(id, CloseKind::Graceful),
+                            Some(n) => {
+                                let mut bytes = unsent[..n].to_vec();
+                                bytes.extend_from_slice(&failure_reply(Rep::NotAllowed));
+                                self.start_reply(id, &bytes, AfterReply::Close);
+                            }
                         }
                     }
                 }
@@ -371,7 +374,7 @@ mod tests {
     use super::*;
     use crate::config::{Config, Socks5Auth};
     use crate::key::{KeyRouter, StreamKey};
-    use crate::socks5::{success_reply, Handshake, Step};
+    use crate::socks5::{Handshake, Step};
     use crate::stats::WorkerStats;
     use crate::worker::conn::HS_BUF;
     use crate::worker::mailbox::Mailbox;
@@ -713,6 +716,42 @@ mod tests {
             new.table.activate(&key()),
             crate::rendezvous::Activation::Start { .. }
         ));
+        new.shutdown_now();
+    }
+
+    /// A third half adopted for a complete pair is refused as the old process would have
+    /// refused it: the intermediate replies it still owed go out before the refusal.
+    #[test]
+    fn an_adopted_third_half_gets_its_owed_replies_then_the_refusal() {
+        let mut new = worker();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut clients = Vec::new();
+        for owed in [&[][..], &[][..], &[5, 0][..]] {
+            let (c, fd) = accept(&l);
+            // SAFETY: the descriptor came from a socket this test owns and gives away.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd.0) };
+            let mut unsent = owed.to_vec();
+            unsent.extend_from_slice(&success_reply(&key()));
+            new.adopt(fd, Carried::Placed { key: key(), unsent }, false);
+            clients.push(c);
+        }
+        let mut third = clients.pop().unwrap();
+        third.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut closed = false;
+        pump(&mut new, |_| {
+            let mut b = [0u8; 64];
+            match third.read(&mut b) {
+                Ok(0) => closed = true,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+                Err(_) => {}
+            }
+            closed
+        });
+        let mut want = vec![5, 0];
+        want.extend_from_slice(&failure_reply(Rep::NotAllowed));
+        assert_eq!(got, want);
+        assert!(closed, "refused and closed");
         new.shutdown_now();
     }
 }
