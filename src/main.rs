@@ -129,9 +129,23 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
         }
         (true, Some(p)) => match take::take(p) {
             Ok(t) => Some(t),
-            Err(e) => {
+            // Nobody at the socket: no old process, so this one starts on its own.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
                 tracing::warn!(error = %e, "no process to take over from; starting on my own");
                 None
+            }
+            // An old process runs but hung up (busy with another new process, another
+            // version): starting beside it would serve the port and the component twice.
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("taking over: {e}; the running process goes on"),
+                ))
             }
         },
     };
@@ -143,7 +157,8 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
     handle.adopt(conns);
     if taken.is_some() {
         // The old link forwards every stanza here until this component is logged in, so
-        // what arrives meanwhile can be activated.
+        // what arrives meanwhile can be activated (`start_with` admits from the start
+        // already when listeners came over; this covers a handover without any).
         handle.set_admitting(true);
     }
     tracing::info!(
@@ -219,6 +234,17 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
                         m.stop();
                     }
                 }) {
+                    // The old link stays until the new one is logged in (it forwards
+                    // what it still receives meanwhile).
+                    Ok(g) if g.logged_in.recv_timeout(LOGIN_HANDOVER) == Ok(false) => {
+                        tracing::error!("the new process left before logging in; serving on");
+                        g.take_back(&handle, control.as_ref());
+                        if metrics.is_none() {
+                            if let Some(addr) = config.metrics.listen {
+                                metrics = serve_metrics(addr, &handle, control.as_ref()).ok();
+                            }
+                        }
+                    }
                     Ok(g) => {
                         tracing::info!(
                             listeners = g.listeners,
@@ -246,12 +272,8 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
     if let Some(m) = metrics {
         m.stop();
     }
-    // After a handover the old link stays until the new one is logged in (it forwards
-    // what it still receives meanwhile); otherwise leave XMPP first, so a new process
-    // can log in as the component while relays finish.
-    if let Some(g) = &given {
-        let _ = g.logged_in.recv_timeout(LOGIN_HANDOVER);
-    }
+    // Leave XMPP first (after a handover, the new component is logged in by now), so a
+    // new process can log in as the component while relays finish.
     if let Some(c) = control {
         c.stop();
     }

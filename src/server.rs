@@ -92,6 +92,9 @@ impl Server {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let workers = config.worker_count();
+        // A process that took over admits from the start (the old link forwards to it):
+        // what queued on the inherited listeners is accepted as soon as a worker runs.
+        let admitting = config.component.is_none() || !inherited.is_empty();
         let inherited = inherited
             .into_iter()
             .filter_map(|fd| {
@@ -116,7 +119,7 @@ impl Server {
             max_pending: AtomicUsize::new(config.max_pending),
             fd_budget: fd_budget(&config, workers),
             ip_limits: crate::limits::IpLimiter::new(config.source_limits()),
-            admitting: std::sync::atomic::AtomicBool::new(config.component.is_none()),
+            admitting: std::sync::atomic::AtomicBool::new(admitting),
             shaping: shaping.clone(),
             stream_log: crate::worker::stream_log::StreamLog::start()?,
             config,
@@ -268,7 +271,7 @@ impl Handle {
             m.send(Msg::Export(sink.clone()));
         }
         if !sink.wait(n, timeout) {
-            return Err(io::Error::other("workers did not hand over in time"));
+            return Err(self.abandon(&sink, "workers did not hand over in time"));
         }
         // Hand-offs between cores sent before a worker reported are in the mailboxes
         // ahead of this second round.
@@ -276,14 +279,20 @@ impl Handle {
             m.send(Msg::ExportSeal(sink.clone()));
         }
         if !sink.wait(2 * n, timeout) {
-            return Err(io::Error::other(
-                "workers did not seal the handover in time",
-            ));
+            return Err(self.abandon(&sink, "workers did not seal the handover in time"));
         }
         Ok(Exported {
             listeners: take_all(&sink.listeners),
             conns: take_all(&sink.conns),
         })
+    }
+
+    /// An export that timed out: what the workers handed over so far is restored, and
+    /// those that report later serve their own listeners again (`ExportSink::abandon`).
+    fn abandon(&self, sink: &ExportSink, why: &str) -> io::Error {
+        let (listeners, conns) = sink.abandon();
+        self.restore(Exported { listeners, conns });
+        io::Error::other(why.to_string())
     }
 
     /// A handover that failed after `export`: the workers serve the listeners again and
@@ -297,19 +306,35 @@ impl Handle {
         for (m, ls) in self.shared.mailboxes.iter().zip(per) {
             m.send(Msg::Restore(ls));
         }
-        self.adopt(exported.conns);
+        self.send_adopt(exported.conns, true);
+    }
+
+    /// The old side's count of connections handed over, once they went (a handover that
+    /// fails and restores them moved nothing).
+    pub fn handed_over(&self, conns: usize) {
+        self.shared.stats[0]
+            .handed_over
+            .fetch_add(conns as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Upgrade handover, new side: connections the old process handed over. A placed
     /// half goes to its key's owner core, a handshake to any.
     pub fn adopt(&self, conns: Vec<(OwnedFd, Carried)>) {
+        self.send_adopt(conns, false);
+    }
+
+    fn send_adopt(&self, conns: Vec<(OwnedFd, Carried)>, restored: bool) {
         let n = self.shared.mailboxes.len();
         for (i, (fd, carried)) in conns.into_iter().enumerate() {
             let to = match &carried {
                 Carried::Placed { key, .. } => self.shared.router.owner(key),
                 Carried::Handshake { .. } => i % n,
             };
-            self.shared.mailboxes[to].send(Msg::Adopt { fd, carried });
+            self.shared.mailboxes[to].send(Msg::Adopt {
+                fd,
+                carried,
+                restored,
+            });
         }
     }
 

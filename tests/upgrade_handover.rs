@@ -541,3 +541,208 @@ fn a_stranger_on_the_handover_socket_changes_nothing() {
     setup(addr, &mut probe, "after", 9).expect("a setup after the strangers");
     assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
 }
+
+/// A new process that takes the state and then dies before its component logs in (a bad
+/// config, a crash on start): the old one serves its listeners again and answers the
+/// stanzas itself, instead of leaving nobody on the port.
+#[test]
+fn a_new_process_that_dies_after_taking_the_state_leaves_the_old_one_serving() {
+    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &prosody, port);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut proxy = Proxy::spawn(&cfg);
+    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
+        assert!(Instant::now() < end, "the component never logged in");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let taken = streamhost::handover::take::take(&dir.path().join("handover.sock"))
+        .expect("the old process hands its state over");
+    assert!(!taken.listeners.is_empty(), "the listeners came over");
+    drop(taken);
+    thread::sleep(Duration::from_millis(500));
+    setup(addr, &mut probe, "after", 11).expect("a setup after the new process died");
+    assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
+}
+
+/// A process that took over admits from the start (the old link forwards to it): the
+/// connections queued on the inherited listeners during the handover are served as soon
+/// as its workers run, not refused as "not ready" before its component is up.
+#[test]
+fn a_process_that_took_over_serves_what_queued_on_the_listeners_at_once() {
+    use socket2::{Domain, Socket, Type};
+    let port = free_port();
+    let config = streamhost::config::Config::from_toml_str(
+        &format!(
+            r#"
+workers = 2
+listen = ["127.0.0.1:{port}"]
+
+[component]
+server = "127.0.0.1:1"
+jid = "{PROXY_JID}"
+secret = "unused"
+"#
+        ),
+        "test",
+    )
+    .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The old process's listener, with connections queued on it meanwhile.
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.set_reuse_address(true).unwrap();
+    l.set_reuse_port(true).unwrap();
+    l.bind(&addr.into()).unwrap();
+    l.listen(64).unwrap();
+    let queued: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let handle =
+        streamhost::Server::start_with(config, vec![std::os::fd::OwnedFd::from(l)]).unwrap();
+    for (i, mut c) in queued.into_iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(&[5, 1, 0]).unwrap();
+        let mut reply = [0u8; 2];
+        c.read_exact(&mut reply)
+            .unwrap_or_else(|e| panic!("queued connection {i} was refused: {e}"));
+        assert_eq!(reply, [5, 0], "connection {i}");
+    }
+    assert_eq!(
+        handle.stats().refused(streamhost::stats::Refusal::NotReady),
+        0
+    );
+}
+
+/// A new process that the old one hangs up on (busy with another new process, or of
+/// another handover version) must not start beside it on the same port, where both would
+/// serve and take the component from each other: it exits with an error.
+#[test]
+fn a_takeover_the_old_process_hangs_up_on_exits_instead_of_starting_beside_it() {
+    use streamhost::handover::{socket::Listener, wire::Frame};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config_for(dir.path(), "127.0.0.1:1", SECRET, port);
+    // Stands for the running process.
+    let old = Listener::bind(&dir.path().join("handover.sock")).unwrap();
+    let mut new = Proxy::spawn_with(&cfg, &["--takeover"], "warn");
+    let ch = old.accept().unwrap();
+    assert!(matches!(
+        ch.recv().unwrap(),
+        Some((Frame::Hello { .. }, None))
+    ));
+    drop(ch);
+    assert_eq!(
+        new.wait_exit(15),
+        Some(false),
+        "the new process exits with an error"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nobody listens on the port"
+    );
+}
+
+/// An export that times out (a worker slow to hand over) gives up the handover: every
+/// worker serves its listeners again, including those that had already handed theirs
+/// over and those that report after the timeout.
+#[test]
+fn an_export_that_times_out_leaves_every_listener_served() {
+    let port = free_port();
+    let config = streamhost::config::Config::from_toml_str(
+        &format!("workers = 2\nlisten = [\"127.0.0.1:{port}\"]\n"),
+        "test",
+    )
+    .unwrap();
+    let handle = streamhost::Server::start(config).unwrap();
+    // No time at all: the workers cannot have reported yet.
+    let mut timed_out = 0;
+    for _ in 0..5 {
+        match handle.export(Duration::ZERO) {
+            Ok(e) => handle.restore(e),
+            Err(_) => timed_out += 1,
+        }
+    }
+    assert!(timed_out > 0, "an export with no time timed out");
+    thread::sleep(Duration::from_millis(500));
+    for i in 0..16 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(&[5, 1, 0]).unwrap();
+        let mut reply = [0u8; 2];
+        c.read_exact(&mut reply)
+            .unwrap_or_else(|e| panic!("connection {i} after the failed export: {e}"));
+        assert_eq!(reply, [5, 0], "connection {i}");
+    }
+}
+
+/// A handover that fails after the export (the new process gone) takes everything back:
+/// a connection mid-handshake goes on where it was, and the upgrade counters say that
+/// nothing moved between processes.
+#[test]
+fn a_restored_export_goes_on_and_counts_nothing_as_moved() {
+    let port = free_port();
+    let config = streamhost::config::Config::from_toml_str(
+        &format!("workers = 2\nlisten = [\"127.0.0.1:{port}\"]\n"),
+        "test",
+    )
+    .unwrap();
+    let handle = streamhost::Server::start(config).unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(&[5, 1, 0]).unwrap();
+    let mut reply = [0u8; 2];
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [5, 0]);
+    let exported = handle.export(Duration::from_secs(10)).unwrap();
+    assert_eq!(exported.conns.len(), 1, "the handshake half done");
+    assert!(!exported.listeners.is_empty());
+    handle.restore(exported);
+    let k = key("restored", "romeo@localhost/r");
+    let mut req = vec![5, 1, 0, 3, 40];
+    req.extend_from_slice(k.as_bytes());
+    req.extend_from_slice(&[0, 0]);
+    c.write_all(&req).unwrap();
+    let mut done = [0u8; 47];
+    c.read_exact(&mut done).unwrap();
+    assert_eq!(done[..5], [5, 0, 0, 3, 40]);
+    assert_eq!(&done[5..45], k.as_bytes());
+    let s = handle.stats();
+    assert_eq!((s.handed_over, s.adopted), (0, 0), "nothing moved");
+}
+
+/// A new process that logs in as the component (so the server drops the old link) and
+/// dies before it says so: the old one takes the work back and logs in again, rather
+/// than serve on with no component and nothing able to activate a stream.
+#[test]
+fn a_new_process_that_dies_after_its_login_leaves_the_old_one_a_component() {
+    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &prosody, port);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut proxy = Proxy::spawn(&cfg);
+    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
+        assert!(Instant::now() < end, "the component never logged in");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let taken = streamhost::handover::take::take(&dir.path().join("handover.sock"))
+        .expect("the old process hands its state over");
+    // The new process's login: Prosody (kick_old) drops the old link.
+    let login = Client::component(prosody.component_port, PROXY_JID, SECRET)
+        .expect("the new component logs in");
+    thread::sleep(Duration::from_millis(500));
+    drop(login);
+    drop(taken);
+    let end = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = setup(addr, &mut probe, "after", 13) {
+        assert!(
+            Instant::now() < end,
+            "no setup after the new process died: {e}"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
+}

@@ -312,8 +312,12 @@ async fn run(
             _ = stop.changed() => break,
         };
         if shared.forward.active() {
-            // Handed over meanwhile: the new process is the component now.
-            break;
+            // Handed over meanwhile: the new process is the component now, unless it
+            // leaves and the work is taken back (then log in again).
+            if !until_taken_back(&shared, &mut stop).await {
+                break;
+            }
+            continue;
         }
         match login {
             Ok(link) => {
@@ -335,7 +339,11 @@ async fn run(
                     End::Stopped => break,
                     End::Lost(why) if shared.forward.active() => {
                         info!("component link closed after the handover: {why}");
-                        break;
+                        if !until_taken_back(&shared, &mut stop).await {
+                            break;
+                        }
+                        activator.component_up(false);
+                        warn!("the handover was taken back: the component logs in again");
                     }
                     End::Lost(why) => {
                         activator.component_up(false);
@@ -355,6 +363,18 @@ async fn run(
     }
     shared.set(ConnState::Down);
     info!("component stopped");
+}
+
+/// During a handover the new process is the component: waits until this one is stopped
+/// (false) or takes the work back because the new one left before logging in (true).
+async fn until_taken_back(shared: &Shared, stop: &mut watch::Receiver<bool>) -> bool {
+    while shared.forward.active() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.changed() => return false,
+        }
+    }
+    true
 }
 
 /// TCP connect (each resolved address in turn), stream open, XEP-0114 handshake.

@@ -69,9 +69,14 @@ impl Drop for GiveSocket {
 
 /// A handover in progress after the state went over: stanzas are being forwarded.
 pub struct Given {
-    /// Fires when the new process's component is logged in (or the new process left).
-    pub logged_in: std::sync::mpsc::Receiver<()>,
-    forwarder: Option<JoinHandle<()>>,
+    /// Says `true` when the new process's component is logged in, `false` when the new
+    /// process left before that.
+    pub logged_in: std::sync::mpsc::Receiver<bool>,
+    /// The stanza forwarder; it returns the stanzas it could not send.
+    forwarder: Option<JoinHandle<Vec<String>>>,
+    /// Our copies of the listeners, kept until the new process is logged in: if it dies
+    /// before, they are served here again (`take_back`).
+    kept: Vec<std::os::fd::OwnedFd>,
     pub listeners: usize,
     pub conns: usize,
 }
@@ -81,6 +86,27 @@ impl Given {
     pub fn finish(mut self) {
         if let Some(t) = self.forwarder.take() {
             let _ = t.join();
+        }
+    }
+
+    /// The new process left before logging in: this one serves its listeners again and
+    /// handles the stanzas itself (the connections handed over went with the new one).
+    pub fn take_back(mut self, handle: &Handle, control: Option<&ControlHandle>) {
+        handle.restore(crate::server::Exported {
+            listeners: std::mem::take(&mut self.kept),
+            conns: Vec::new(),
+        });
+        if let Some(c) = control {
+            c.stop_forwarding();
+            let unsent = self
+                .forwarder
+                .take()
+                .and_then(|t| t.join().ok())
+                .unwrap_or_default();
+            let inject = c.injector();
+            for xml in unsent {
+                inject.inject(xml);
+            }
         }
     }
 }
@@ -141,8 +167,7 @@ pub fn give(
     let exported = match handle.export(EXPORT_TIMEOUT) {
         Ok(e) => e,
         Err(e) => {
-            // What did leave the workers stays in their sinks: nothing to restore but
-            // the stanzas.
+            // `export` restored what did leave the workers: only the stanzas are left.
             take_back(control, stanzas);
             return Err(e);
         }
@@ -157,32 +182,40 @@ pub fn give(
             format!("sending the state: {e}; serving on"),
         ));
     }
-    // Our copies close here; the new process holds its own.
-    drop(exported);
+    handle.handed_over(conns);
+    // Our copies of the connections close here (the new process holds its own); the
+    // listeners' stay until it is logged in.
+    let kept = exported.listeners;
+    drop(exported.conns);
     let ch = Arc::new(ch);
     let (tx, logged_in) = std::sync::mpsc::channel();
     let reader = ch.clone();
     std::thread::Builder::new()
         .name("streamhost-handover-rx".into())
         .spawn(move || {
-            // LoggedIn, or the new process gone: either way the old link may go.
+            // LoggedIn, or the new process gone first.
+            let mut logged_in = false;
             while let Ok(Some((f, _))) = reader.recv() {
                 if f == Frame::LoggedIn {
+                    logged_in = true;
                     break;
                 }
             }
-            let _ = tx.send(());
+            let _ = tx.send(logged_in);
         })?;
     let forwarder = match stanzas {
         Some(rx) => Some(
             std::thread::Builder::new()
                 .name("streamhost-handover-tx".into())
                 .spawn(move || {
+                    let mut unsent = Vec::new();
                     for xml in rx {
-                        if let Err(e) = ch.send(&Frame::Stanza(xml), None) {
+                        if let Err(e) = ch.send(&Frame::Stanza(xml.clone()), None) {
                             tracing::warn!(error = %e, "handover: a stanza could not be forwarded");
+                            unsent.push(xml);
                         }
                     }
+                    unsent
                 })?,
         ),
         None => None,
@@ -190,6 +223,7 @@ pub fn give(
     Ok(Given {
         logged_in,
         forwarder,
+        kept,
         listeners,
         conns,
     })

@@ -39,10 +39,11 @@ pub(crate) enum Msg {
     /// A handover that failed after the export: serve these listeners again and take
     /// connections as before.
     Restore(Vec<std::os::fd::OwnedFd>),
-    /// A connection handed over by an old process.
+    /// A connection handed over by an old process, or taken back (`restored`).
     Adopt {
         fd: std::os::fd::OwnedFd,
         carried: crate::handover::wire::Carried,
+        restored: bool,
     },
 }
 

@@ -441,7 +441,11 @@ impl Worker {
                 Msg::Shutdown => self.stopping = true,
                 Msg::Export(sink) => self.start_export(sink),
                 Msg::ExportSeal(sink) => self.export_seal(sink),
-                Msg::Adopt { fd, carried } => self.adopt(fd, carried),
+                Msg::Adopt {
+                    fd,
+                    carried,
+                    restored,
+                } => self.adopt(fd, carried, restored),
                 Msg::Restore(listeners) => self.restore(listeners),
             }
         }
