@@ -277,19 +277,28 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
     if let Some(c) = control {
         c.stop();
     }
+    // After a handover this process drains without having been told to: the first
+    // SIGTERM (systemd sends one to every process of the unit on stop) changes nothing,
+    // the one after it cuts the drain short.
+    let signals_to_cut = if given.is_some() { 2 } else { 1 };
     if let Some(g) = given {
         g.finish();
     }
     let Ok(handle) = Arc::try_unwrap(handle) else {
         return Err(std::io::Error::other("data plane still shared at exit"));
     };
-    // A second signal during the drain cuts it short.
+    // Another signal during the drain cuts it short.
     let (tx, second) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
+        let mut seen = 0;
         for e in rx.iter() {
             if matches!(e, Event::Signal(s) if s != SIGHUP && s != SIGUSR2) {
-                let _ = tx.send(());
-                break;
+                seen += 1;
+                if seen == signals_to_cut {
+                    let _ = tx.send(());
+                    break;
+                }
+                tracing::info!("already draining after a handover; another signal cuts it short");
             }
         }
     });

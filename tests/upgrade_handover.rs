@@ -277,15 +277,19 @@ fn finish(f: InFlight, addr: SocketAddr, c: &mut Client, round: usize) {
 
 /// A long transfer started before the first upgrade; it stays in the process that
 /// activated it, which exits only when it is done.
-fn long_transfer(addr: SocketAddr, c: &mut Client) -> thread::JoinHandle<Result<(), String>> {
-    let sid = "long";
+/// `mib` MiB at 1 MiB/s, byte-checked, on stream `sid`.
+fn long_transfer(
+    addr: SocketAddr,
+    c: &mut Client,
+    sid: &'static str,
+    mib: usize,
+) -> thread::JoinHandle<Result<(), String>> {
     let k = key(sid, &c.jid);
     let t = socks5::connect(addr, &k).unwrap();
     let r = socks5::connect(addr, &k).unwrap();
     activate(c, sid).unwrap();
     thread::spawn(move || {
-        // About 40 s at 1 MiB/s: it spans several upgrades.
-        let total = 40usize << 20;
+        let total = mib << 20;
         let mut w = r;
         let writer = thread::spawn(move || -> std::io::Result<()> {
             for chunk in 0..(total >> 20) {
@@ -388,7 +392,8 @@ fn upgrades_under_load(procedure: Procedure, server: Server, rounds: usize) -> (
     let mut current = Proxy::spawn(&cfg);
     let mut probe = Client::login(xmpp.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
     wait_logged_in(&mut probe);
-    let long = long_transfer(addr, &mut probe);
+    // About 40 s: it spans several upgrades.
+    let long = long_transfer(addr, &mut probe, "long", 40);
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -745,4 +750,36 @@ fn a_new_process_that_dies_after_its_login_leaves_the_old_one_a_component() {
         thread::sleep(Duration::from_millis(250));
     }
     assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
+}
+
+/// After a handover the old process is draining already: the service manager's SIGTERM
+/// (systemd sends it to every process of the unit on stop) does not cut its relays; only
+/// a second one does.
+#[test]
+fn a_sigterm_after_the_handover_lets_the_old_relays_finish() {
+    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &prosody, port);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut old = Proxy::spawn(&cfg);
+    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
+    wait_logged_in(&mut probe);
+    let transfer = long_transfer(addr, &mut probe, "draining", 6);
+    let _new = Proxy::spawn_with(&cfg, &["--takeover"], "warn");
+    // The new process took over once a setup works through it alone.
+    let end = Instant::now() + Duration::from_secs(30);
+    for n in 0.. {
+        if setup(addr, &mut probe, &format!("after-{n}"), 3).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < end, "no setup after the takeover");
+        thread::sleep(Duration::from_millis(100));
+    }
+    old.signal("-TERM");
+    transfer
+        .join()
+        .unwrap()
+        .expect("the old process's relay finishes whole");
+    assert_eq!(old.wait_exit(30), Some(true), "then it exits cleanly");
 }
