@@ -75,6 +75,28 @@ fn host(server: Server, users: &[(&str, &str, &str)]) -> Host {
     }
 }
 
+/// A Prosody with the `probe` user, and a proxy config for a free port (not started).
+struct Single {
+    prosody: Prosody,
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+    addr: SocketAddr,
+}
+
+fn single() -> Single {
+    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &prosody, port);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    Single {
+        prosody,
+        dir,
+        cfg,
+        addr,
+    }
+}
+
 fn write_config(dir: &Path, prosody: &Prosody, port: u16) -> PathBuf {
     write_config_for(dir, &prosody.component_addr(), SECRET, port)
 }
@@ -445,11 +467,12 @@ fn upgrades_under_load(procedure: Procedure, server: Server, rounds: usize) -> (
 /// over `$NOTIFY_SOCKET`, and the old one exits.
 #[test]
 fn sigusr2_starts_a_successor_that_takes_over_and_tells_the_service_manager() {
-    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), &prosody, port);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let Single {
+        prosody,
+        dir,
+        cfg,
+        addr,
+    } = single();
     let notify_path = dir.path().join("notify");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify
@@ -515,11 +538,12 @@ fn sigusr2_starts_a_successor_that_takes_over_and_tells_the_service_manager() {
 #[test]
 fn a_stranger_on_the_handover_socket_changes_nothing() {
     use streamhost::handover::{socket::Channel, wire::Frame, wire::VERSION};
-    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), &prosody, port);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let Single {
+        prosody,
+        dir,
+        cfg,
+        addr,
+    } = single();
     let mut proxy = Proxy::spawn(&cfg);
     let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
     wait_logged_in(&mut probe);
@@ -552,18 +576,15 @@ fn a_stranger_on_the_handover_socket_changes_nothing() {
 /// stanzas itself, instead of leaving nobody on the port.
 #[test]
 fn a_new_process_that_dies_after_taking_the_state_leaves_the_old_one_serving() {
-    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), &prosody, port);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let Single {
+        prosody,
+        dir,
+        cfg,
+        addr,
+    } = single();
     let mut proxy = Proxy::spawn(&cfg);
     let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
-    let end = Instant::now() + Duration::from_secs(30);
-    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
-        assert!(Instant::now() < end, "the component never logged in");
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_logged_in(&mut probe);
     let taken = streamhost::handover::take::take(&dir.path().join("handover.sock"))
         .expect("the old process hands its state over");
     assert!(!taken.listeners.is_empty(), "the listeners came over");
@@ -721,18 +742,15 @@ fn a_restored_export_goes_on_and_counts_nothing_as_moved() {
 /// than serve on with no component and nothing able to activate a stream.
 #[test]
 fn a_new_process_that_dies_after_its_login_leaves_the_old_one_a_component() {
-    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), &prosody, port);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let Single {
+        prosody,
+        dir,
+        cfg,
+        addr,
+    } = single();
     let mut proxy = Proxy::spawn(&cfg);
     let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
-    let end = Instant::now() + Duration::from_secs(30);
-    while activate(&mut probe, "warmup").is_err_and(|e| !e.contains("item-not-found")) {
-        assert!(Instant::now() < end, "the component never logged in");
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_logged_in(&mut probe);
     let taken = streamhost::handover::take::take(&dir.path().join("handover.sock"))
         .expect("the old process hands its state over");
     // The new process's login: Prosody (kick_old) drops the old link.
@@ -757,11 +775,13 @@ fn a_new_process_that_dies_after_its_login_leaves_the_old_one_a_component() {
 /// a second one does.
 #[test]
 fn a_sigterm_after_the_handover_lets_the_old_relays_finish() {
-    let prosody = Prosody::start(&[("probe", DOMAIN, "pw-probe")]);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), &prosody, port);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // `_dir` keeps the config and the handover socket until the end.
+    let Single {
+        prosody,
+        dir: _dir,
+        cfg,
+        addr,
+    } = single();
     let mut old = Proxy::spawn(&cfg);
     let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
     wait_logged_in(&mut probe);
