@@ -178,6 +178,14 @@ fn activate(c: &mut Client, sid: &str) -> Result<(), String> {
     }
 }
 
+/// Starts the proxy and logs `probe` in, once the proxy answers activations.
+fn start_logged_in(cfg: &Path, prosody: &Prosody) -> (Proxy, Client) {
+    let proxy = Proxy::spawn(cfg);
+    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
+    wait_logged_in(&mut probe);
+    (proxy, probe)
+}
+
 /// Waits until the proxy answers activations (an unknown key gets `item-not-found`).
 fn wait_logged_in(probe: &mut Client) {
     let end = Instant::now() + Duration::from_secs(30);
@@ -544,9 +552,7 @@ fn a_stranger_on_the_handover_socket_changes_nothing() {
         cfg,
         addr,
     } = single();
-    let mut proxy = Proxy::spawn(&cfg);
-    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
-    wait_logged_in(&mut probe);
+    let (mut proxy, mut probe) = start_logged_in(&cfg, &prosody);
     let pending = in_flight(addr, &probe.jid, 0);
     let sock = dir.path().join("handover.sock");
     let wrong = Channel::connect(&sock).unwrap();
@@ -582,9 +588,7 @@ fn a_new_process_that_dies_after_taking_the_state_leaves_the_old_one_serving() {
         cfg,
         addr,
     } = single();
-    let mut proxy = Proxy::spawn(&cfg);
-    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
-    wait_logged_in(&mut probe);
+    let (mut proxy, mut probe) = start_logged_in(&cfg, &prosody);
     let taken = streamhost::handover::take::take(&dir.path().join("handover.sock"))
         .expect("the old process hands its state over");
     assert!(!taken.listeners.is_empty(), "the listeners came over");
@@ -748,9 +752,7 @@ fn a_new_process_that_dies_after_its_login_leaves_the_old_one_a_component() {
         cfg,
         addr,
     } = single();
-    let mut proxy = Proxy::spawn(&cfg);
-    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
-    wait_logged_in(&mut probe);
+    let (mut proxy, mut probe) = start_logged_in(&cfg, &prosody);
     let taken = streamhost::handover::take::take(&dir.path().join("handover.sock"))
         .expect("the old process hands its state over");
     // The new process's login: Prosody (kick_old) drops the old link.
@@ -782,9 +784,7 @@ fn a_sigterm_after_the_handover_lets_the_old_relays_finish() {
         cfg,
         addr,
     } = single();
-    let mut old = Proxy::spawn(&cfg);
-    let mut probe = Client::login(prosody.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
-    wait_logged_in(&mut probe);
+    let (mut old, mut probe) = start_logged_in(&cfg, &prosody);
     let transfer = long_transfer(addr, &mut probe, "draining", 6);
     let _new = Proxy::spawn_with(&cfg, &["--takeover"], "warn");
     // The new process took over once a setup works through it alone.
