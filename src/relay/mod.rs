@@ -23,6 +23,7 @@ pub(crate) mod splice;
 pub(crate) mod uring_splice;
 
 #[cfg(test)]
+#[macro_use]
 mod sim;
 #[cfg(test)]
 mod tests_copy;

@@ -7,6 +7,37 @@ use super::Count;
 use crate::shaping::Grant;
 use std::time::{Duration, Instant};
 
+/// `Env` for a test's context type `$ctx`, whose fields `d` (a direction with `dst: Dest`,
+/// `shaper: Shaper` and `counts: Counts`), `budget: Budget` and `now` are the world every
+/// engine sees alike; each test adds its engine's own pool or ring.
+macro_rules! sim_env {
+    ($ctx:ident) => {
+        impl $crate::relay::Env for $ctx<'_> {
+            fn send_space(&mut self) -> usize {
+                self.d.dst.send_space()
+            }
+            fn grant(&mut self, want: usize) -> $crate::shaping::Grant {
+                self.d.shaper.grant(self.now, want)
+            }
+            fn paid(&mut self, n: usize) {
+                self.d.shaper.paid(n)
+            }
+            fn send(&mut self, bytes: &[u8]) -> Result<usize, i32> {
+                self.d.dst.write(bytes)
+            }
+            fn reserve_spill(&mut self, n: usize) -> bool {
+                self.budget.reserve(n)
+            }
+            fn release_spill(&mut self, n: usize) {
+                self.budget.release(n)
+            }
+            fn count(&mut self, what: $crate::relay::Count) {
+                self.d.counts.add(what)
+            }
+        }
+    };
+}
+
 /// SplitMix64: small, seeded, good enough to pick event orders.
 pub(super) struct Rng(u64);
 

@@ -6,8 +6,7 @@
 
 use super::copy::{Action, BufEnv, CopyDir, Op, MAX_IN_FLIGHT};
 use super::sim::{Budget, Counts, Dest, Rng, Shaper, Source};
-use super::{Count, Env, Hold, Next};
-use crate::shaping::Grant;
+use super::{Hold, Next};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -72,29 +71,8 @@ struct Ctx<'a> {
     now: Instant,
 }
 
-impl Env for Ctx<'_> {
-    fn send_space(&mut self) -> usize {
-        self.d.dst.send_space()
-    }
-    fn grant(&mut self, want: usize) -> Grant {
-        self.d.shaper.grant(self.now, want)
-    }
-    fn paid(&mut self, n: usize) {
-        self.d.shaper.paid(n)
-    }
-    fn send(&mut self, bytes: &[u8]) -> Result<usize, i32> {
-        self.d.dst.write(bytes)
-    }
-    fn reserve_spill(&mut self, n: usize) -> bool {
-        self.budget.reserve(n)
-    }
-    fn release_spill(&mut self, n: usize) {
-        self.budget.release(n)
-    }
-    fn count(&mut self, what: Count) {
-        self.d.counts.add(what)
-    }
-}
+// The common part of the simulated world (`sim.rs`).
+sim_env!(Ctx);
 
 impl BufEnv for Ctx<'_> {
     fn buffer(&self, bid: u16, off: usize, len: usize) -> &[u8] {

@@ -7,8 +7,7 @@
 use super::sim::{Budget, Counts, Dest, Rng, Shaper, Source};
 use super::splice::PipeEnv;
 use super::uring_splice::{Action, Op, UringDir, UringEnv};
-use super::{Count, Env, Hold, Next};
-use crate::shaping::Grant;
+use super::{Hold, Next};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -58,29 +57,8 @@ struct Ctx<'a> {
     borrow_failed: bool,
 }
 
-impl Env for Ctx<'_> {
-    fn send_space(&mut self) -> usize {
-        self.d.dst.send_space()
-    }
-    fn grant(&mut self, want: usize) -> Grant {
-        self.d.shaper.grant(self.now, want)
-    }
-    fn paid(&mut self, n: usize) {
-        self.d.shaper.paid(n)
-    }
-    fn send(&mut self, bytes: &[u8]) -> Result<usize, i32> {
-        self.d.dst.write(bytes)
-    }
-    fn reserve_spill(&mut self, n: usize) -> bool {
-        self.budget.reserve(n)
-    }
-    fn release_spill(&mut self, n: usize) {
-        self.budget.release(n)
-    }
-    fn count(&mut self, what: Count) {
-        self.d.counts.add(what)
-    }
-}
+// The common part of the simulated world (`sim.rs`).
+sim_env!(Ctx);
 
 impl PipeEnv<usize> for Ctx<'_> {
     fn pipe_size(&self) -> usize {
