@@ -93,31 +93,46 @@ pub(super) struct Shared {
     inject: Injected,
 }
 
-/// The inbox of forwarded stanzas: its receiver outlives reconnects and restarts.
+/// The inbox of forwarded stanzas: its receiver outlives reconnects and restarts. It holds
+/// at most `FORWARD_QUEUE` stanzas (they wait for this link's login); beyond, they are
+/// dropped and counted, as a server drops stanzas for a component that is not there.
 #[derive(Debug)]
 struct Injected {
-    tx: mpsc::UnboundedSender<String>,
-    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    tx: mpsc::Sender<String>,
+    rx: tokio::sync::Mutex<mpsc::Receiver<String>>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl Default for Injected {
     fn default() -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(super::forward::FORWARD_QUEUE);
         Injected {
             tx,
             rx: tokio::sync::Mutex::new(rx),
+            dropped: Arc::default(),
         }
     }
 }
 
 /// Hands stanzas (XML text) received by an old process's link to this control plane.
 #[derive(Debug, Clone)]
-pub struct Injector(mpsc::UnboundedSender<String>);
+pub struct Injector {
+    tx: mpsc::Sender<String>,
+    dropped: Arc<AtomicU64>,
+}
 
 impl Injector {
-    /// Queues one stanza; it is handled once the link is up.
+    /// Queues one stanza; it is handled once the link is up. Dropped (and counted) when
+    /// the inbox is full.
     pub fn inject(&self, xml: String) {
-        let _ = self.0.send(xml);
+        if self.tx.try_send(xml).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stanzas dropped because the inbox was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -242,7 +257,10 @@ impl ControlHandle {
 
     /// Upgrade handover, new side: where the old process's stanzas go.
     pub fn injector(&self) -> Injector {
-        Injector(self.shared.inject.tx.clone())
+        Injector {
+            tx: self.shared.inject.tx.clone(),
+            dropped: self.shared.inject.dropped.clone(),
+        }
     }
 
     /// Closes the stream and joins the thread.
@@ -835,5 +853,33 @@ mod tests {
         let start = std::time::Instant::now();
         h.stop();
         assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    /// Stanzas forwarded by an old process wait for this link's login; while it is down
+    /// a flood of them is bounded, the rest dropped and counted.
+    #[test]
+    fn forwarded_stanzas_wait_in_a_bounded_inbox() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = ControlConfig {
+            server: format!("127.0.0.1:{port}"),
+            jid: "proxy.example.org".into(),
+            secret: Some(Secret::new("x")),
+            advertise: vec!["192.0.2.1:7777".into()],
+            ..ControlConfig::default()
+        };
+        let h = spawn(c.resolve(&[]).unwrap(), Arc::new(Fixed(None))).unwrap();
+        let inject = h.injector();
+        let extra = 100;
+        for n in 0..super::super::forward::FORWARD_QUEUE + extra {
+            inject.inject(format!(
+                "<message xmlns='jabber:component:accept' id='{n}'/>"
+            ));
+        }
+        assert_eq!(inject.dropped(), extra as u64);
+        h.stop();
     }
 }

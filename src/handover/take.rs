@@ -81,6 +81,12 @@ impl Taken {
                         i.inject(xml);
                     }
                 }
+                if let Some(n) = injector.map(|i| i.dropped()).filter(|&n| n > 0) {
+                    tracing::warn!(
+                        stanzas = n,
+                        "forwarded stanzas dropped: more came during the handover than the inbox holds"
+                    );
+                }
             })?;
         Ok(())
     }
