@@ -142,24 +142,24 @@ allow = ["{REQUESTER}"]
     // Warm up allocator pools, rings and the link with one pair activated the same way.
     let mut c = Client::component(prosody.component_port, REQUESTER, REQUESTER_SECRET).unwrap();
     let end = Instant::now() + Duration::from_secs(20);
-    let k = StreamKey::from_parts("warm", REQUESTER, TARGET);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < end, "the proxy does not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (a, b) = (half(addr, &k), half(addr, &k));
-    let activate = format!("<query xmlns='{BS}' sid='warm'><activate>{TARGET}</activate></query>");
-    // Until the component has logged in, the server answers for it.
-    while c
-        .iq("set", Some(PROXY_JID), &activate)
-        .unwrap()
-        .attr("type")
-        != Some("result")
-    {
+    // Until its component has logged in the proxy refuses halves (`not_ready`) and the
+    // server answers activations for it: retry the whole warm-up pair until it works.
+    for n in 0.. {
+        let sid = format!("warm{n}");
+        let k = StreamKey::from_parts(&sid, REQUESTER, TARGET);
+        let pair = try_half(addr, &k).and_then(|a| Ok((a, try_half(addr, &k)?)));
+        if let Ok(((a, 0), (b, 0))) = pair {
+            let activate =
+                format!("<query xmlns='{BS}' sid='{sid}'><activate>{TARGET}</activate></query>");
+            let answer = c.iq("set", Some(PROXY_JID), &activate).unwrap();
+            drop((a, b));
+            if answer.attr("type") == Some("result") {
+                break;
+            }
+        }
         assert!(Instant::now() < end, "no activation: {}", prosody.logs());
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
-    drop((a, b));
     drop(c);
     std::thread::sleep(Duration::from_millis(500));
     let before = rss_kib_of(pid);
