@@ -109,6 +109,9 @@ impl Prosody {
         // logs it and runs on, and the other test's server would answer on that port.
         for attempt in 0.. {
             p.launch();
+            // A port can accept because another test's server holds it, while this one
+            // logs its failure to bind a moment later: give that line time to appear.
+            std::thread::sleep(Duration::from_millis(150));
             let logs = p.logs();
             if !logs.contains("Failed to open server port")
                 && !logs.contains("Multiple services configured to listen on the same port")
