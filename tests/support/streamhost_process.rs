@@ -70,11 +70,15 @@ secret = "{secret}"
                 metrics,
             };
             let deadline = Instant::now() + Duration::from_secs(20);
-            while p.alive() && TcpStream::connect(socks).is_err() {
+            // The metrics server starts after the SOCKS5 listeners: wait for both. Only a
+            // process that exited (a port taken meanwhile) is started again.
+            while p.alive()
+                && (TcpStream::connect(socks).is_err() || TcpStream::connect(metrics).is_err())
+            {
                 assert!(Instant::now() < deadline, "no listener: {}", p.log());
                 std::thread::sleep(Duration::from_millis(20));
             }
-            if p.alive() && TcpStream::connect(metrics).is_ok() {
+            if p.alive() {
                 return p;
             }
             assert!(attempt < 4, "streamhost does not start: {}", p.log());
