@@ -2,7 +2,7 @@
 //! dir, 127.0.0.1 only, free ports chosen at run time; killed on drop. The load
 //! generator's tests use it too (`loadtest/tests/support/mod.rs` includes this file).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -108,14 +108,7 @@ impl Prosody {
         // Two tests can be handed the same free port: a Prosody that could not bind one
         // logs it and runs on, and the other test's server would answer on that port.
         for attempt in 0.. {
-            p.launch();
-            // A port can accept because another test's server holds it, while this one
-            // logs its failure to bind a moment later: give that line time to appear.
-            std::thread::sleep(Duration::from_millis(150));
-            let logs = p.logs();
-            if !logs.contains("Failed to open server port")
-                && !logs.contains("Multiple services configured to listen on the same port")
-            {
+            if p.launch() {
                 break;
             }
             assert!(attempt < 4, "prosody cannot bind its ports: {}", p.logs());
@@ -166,7 +159,9 @@ storage = "internal"
         )
     }
 
-    fn launch(&mut self) {
+    /// Starts Prosody and waits until its own process listens on both ports; false when
+    /// it could not bind one (another test's server holds it and would answer there).
+    fn launch(&mut self) -> bool {
         let log = std::fs::File::create(self.dir.path().join("stdout.log")).unwrap();
         let child = Command::new("prosody")
             .arg("--config")
@@ -177,21 +172,28 @@ storage = "internal"
             .stderr(log)
             .spawn()
             .expect("prosody starts");
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         for port in [self.c2s_port, self.component_port] {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            while !holds_listener(pid, port) {
                 if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                     panic!("prosody exited with {status}: {}", self.logs());
                 }
+                let logs = self.logs();
+                if logs.contains("Failed to open server port")
+                    || logs.contains("Multiple services configured to listen on the same port")
+                {
+                    return false;
+                }
                 assert!(
                     Instant::now() < deadline,
-                    "prosody did not open port {port}: {}",
-                    self.logs()
+                    "prosody did not open port {port}: {logs}"
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        true
     }
 
     /// Stops Prosody (SIGTERM, then SIGKILL after 5 s) and waits for it.
@@ -217,7 +219,11 @@ storage = "internal"
     /// Stops and starts again on the same ports with the same data.
     pub fn restart(&mut self) {
         self.stop();
-        self.launch();
+        assert!(
+            self.launch(),
+            "prosody cannot bind its ports again: {}",
+            self.logs()
+        );
     }
 
     pub fn logs(&self) -> String {
@@ -230,4 +236,31 @@ impl Drop for Prosody {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether process `pid` holds a socket listening on loopback TCP `port`: its inode in
+/// `/proc/net/tcp` is among the process's descriptors. A connect alone cannot tell this
+/// Prosody from another test's server on the same port.
+fn holds_listener(pid: u32, port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit(':').next()?;
+            let listening = *f.get(3)? == "0A";
+            let inode = f.get(9)?;
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+            .unwrap_or(false)
+    })
 }
