@@ -598,6 +598,62 @@ fn a_new_process_that_dies_after_taking_the_state_leaves_the_old_one_serving() {
     assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
 }
 
+/// A new process that sends a malformed frame after taking the state is alive and holds
+/// the listeners: the old process must not take them back (both would serve). Only when
+/// the new process is gone does the old one serve again.
+#[test]
+fn a_malformed_frame_from_a_live_new_process_does_not_make_two_servers() {
+    use streamhost::handover::{socket::Channel, wire::Frame, wire::VERSION};
+    let Single {
+        prosody,
+        dir,
+        cfg,
+        addr,
+    } = single();
+    let (mut proxy, mut probe) = start_logged_in(&cfg, &prosody);
+    let ch = Channel::connect(&dir.path().join("handover.sock")).unwrap();
+    ch.send(&Frame::Hello { version: VERSION }, None).unwrap();
+    let mut listeners = Vec::new();
+    loop {
+        match ch.recv().unwrap().expect("the state") {
+            (Frame::Listener { .. }, Some(fd)) => listeners.push(socket2::Socket::from(fd)),
+            (Frame::StateEnd, _) => break,
+            _ => {}
+        }
+    }
+    // One listener per worker shard on the SOCKS5 address.
+    let ours: Vec<_> = listeners
+        .iter()
+        .filter(|l| l.local_addr().unwrap().as_socket() == Some(addr))
+        .collect();
+    assert!(!ours.is_empty(), "the SOCKS5 listeners came over");
+    for l in &ours {
+        l.set_nonblocking(true).unwrap();
+    }
+    // An unknown frame type: what a buggy or newer process might send.
+    ch.send_bytes(&[0xEE, 1, 2, 3], None).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    // A client now: the old process must leave it to the listener's holder (this test).
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.write_all(&[5, 1, 0]).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut reply = [0u8; 2];
+    assert!(
+        client.read_exact(&mut reply).is_err(),
+        "the old process served the port again after a malformed frame: {reply:?}"
+    );
+    let queued = ours.iter().filter(|l| l.accept().is_ok()).count();
+    assert_eq!(queued, 1, "the connection queued with the new process");
+    // The new process goes: now the old one takes everything back.
+    drop(listeners);
+    drop(ch);
+    thread::sleep(Duration::from_millis(500));
+    setup(addr, &mut probe, "after", 13).expect("a setup after the new process left");
+    assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
+}
+
 /// A process that took over admits from the start (the old link forwards to it): the
 /// connections queued on the inherited listeners during the handover are served as soon
 /// as its workers run, not refused as "not ready" before its component is up.

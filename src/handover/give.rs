@@ -193,12 +193,21 @@ pub fn give(
     std::thread::Builder::new()
         .name("streamhost-handover-rx".into())
         .spawn(move || {
-            // LoggedIn, or the new process gone first.
+            // LoggedIn, or the new process gone first. Only a closed channel means gone:
+            // a malformed frame comes from a live process that holds the listeners now,
+            // and taking them back would leave two processes serving.
             let mut logged_in = false;
-            while let Ok(Some((f, _))) = reader.recv() {
-                if f == Frame::LoggedIn {
-                    logged_in = true;
-                    break;
+            loop {
+                match reader.recv() {
+                    Ok(Some((Frame::LoggedIn, _))) => {
+                        logged_in = true;
+                        break;
+                    }
+                    Ok(Some(_)) => {}
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        tracing::warn!(error = %e, "handover: a malformed frame from the new process, ignored");
+                    }
+                    Ok(None) | Err(_) => break,
                 }
             }
             let _ = tx.send(logged_in);

@@ -90,7 +90,11 @@ impl Channel {
     /// Sends one frame, with `fd` attached when given (the receiver gets its own copy;
     /// ours stays open until the caller drops it).
     pub fn send(&self, frame: &Frame, fd: Option<RawFd>) -> io::Result<()> {
-        let bytes = wire::encode(frame);
+        self.send_bytes(&wire::encode(frame), fd)
+    }
+
+    /// Sends `bytes` as one frame as they are (`send` encodes; tests send malformed ones).
+    pub fn send_bytes(&self, bytes: &[u8], fd: Option<RawFd>) -> io::Result<()> {
         if bytes.len() > MAX_FRAME {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -101,7 +105,7 @@ impl Channel {
         let cmsgs: Vec<ControlMessage> = fds.iter().map(|f| ControlMessage::ScmRights(f)).collect();
         let n = socket::sendmsg::<()>(
             self.fd.as_raw_fd(),
-            &[IoSlice::new(&bytes)],
+            &[IoSlice::new(bytes)],
             &cmsgs,
             MsgFlags::MSG_NOSIGNAL,
             None,

@@ -76,9 +76,19 @@ impl Taken {
         std::thread::Builder::new()
             .name("streamhost-takeover-rx".into())
             .spawn(move || {
-                while let Ok(Some((f, _))) = ch.recv() {
-                    if let (Frame::Stanza(xml), Some(i)) = (f, &injector) {
-                        i.inject(xml);
+                loop {
+                    match ch.recv() {
+                        Ok(Some((Frame::Stanza(xml), _))) => {
+                            if let Some(i) = &injector {
+                                i.inject(xml);
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        // One bad frame must not stop the stanzas after it.
+                        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                            tracing::warn!(error = %e, "takeover: a malformed frame from the old process, ignored");
+                        }
+                        Ok(None) | Err(_) => break,
                     }
                 }
                 if let Some(n) = injector.map(|i| i.dropped()).filter(|&n| n > 0) {

@@ -170,6 +170,9 @@ mod tests {
         drop(log);
         let waited = t0.elapsed();
         drop(held);
-        assert!(waited >= FLUSH_LIMIT && waited < FLUSH_LIMIT * 10, "{waited:?}");
+        assert!(
+            waited >= FLUSH_LIMIT && waited < FLUSH_LIMIT * 10,
+            "{waited:?}"
+        );
     }
 }
