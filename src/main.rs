@@ -182,19 +182,29 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
     };
     if let Some(t) = taken {
         let status = control.as_ref().map(|c| c.status());
-        t.serve(control.as_ref().map(|c| c.injector()), move || {
-            let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while std::time::Instant::now() < end {
-                if status
-                    .as_ref()
-                    .is_none_or(|s| s.state() == streamhost::control::ConnState::Connected)
-                {
-                    return true;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
+        let relogin = control.as_ref().map(|c| c.relogin());
+        let left_server = move || {
+            if let Some(r) = relogin {
+                r.unless_routed();
             }
-            false
-        })?;
+        };
+        t.serve(
+            control.as_ref().map(|c| c.injector()),
+            move || {
+                let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while std::time::Instant::now() < end {
+                    if status
+                        .as_ref()
+                        .is_none_or(|s| s.state() == streamhost::control::ConnState::Connected)
+                    {
+                        return true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                false
+            },
+            left_server,
+        )?;
     }
     let mut metrics = match config.metrics.listen {
         Some(addr) => Some(serve_metrics(addr, &handle, control.as_ref())?),
@@ -274,15 +284,13 @@ fn run(config: Config, path: Option<PathBuf>, takeover: bool) -> std::io::Result
     }
     // Leave XMPP first (after a handover, the new component is logged in by now), so a
     // new process can log in as the component while relays finish.
-    if let Some(c) = control {
-        c.stop();
-    }
+    let left_server = control.is_some_and(|c| c.stop());
     // After a handover this process drains without having been told to: the first
     // SIGTERM (systemd sends one to every process of the unit on stop) changes nothing,
     // the one after it cuts the drain short.
     let signals_to_cut = if given.is_some() { 2 } else { 1 };
     if let Some(g) = given {
-        g.finish();
+        g.finish(left_server);
     }
     let Ok(handle) = Arc::try_unwrap(handle) else {
         return Err(std::io::Error::other("data plane still shared at exit"));

@@ -418,3 +418,50 @@ fn an_instance_beyond_component_number_logs_in_but_gets_no_stanza() {
     assert!(extra.ready());
     assert_eq!(activations(&extra), 0.0);
 }
+
+/// An upgrade by handover of one instance behind `domain_balancing`: the new process logs
+/// in while the old one still holds the instance's slot, so ejabberd gives it none. Once
+/// the old link has left, the new process must hold that slot, or the instance's
+/// requesters go unanswered for good.
+#[test]
+fn an_instance_upgraded_by_handover_keeps_its_requesters() {
+    let mut cl = cluster(Some("bare_source"), 12);
+    let target = cl.login("target");
+    let clients: Vec<(usize, Client)> = (0..12).map(|i| (i, cl.login(&name(i)))).collect();
+    let (clients, results) = run_rounds(clients, &target.jid, 4, 1, "before");
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    let first = cl.instances[0].socks;
+    let its: Vec<usize> = results
+        .iter()
+        .filter(|(_, r)| *r.as_ref().unwrap() == first)
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(!its.is_empty(), "the first instance serves some requesters");
+    let new = cl.instances[0].take_over();
+    let status = cl.instances[0].wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the old process exits cleanly after the handover: {status:?}\n{}",
+        cl.instances[0].log()
+    );
+    let mut old = std::mem::replace(&mut cl.instances[0], new);
+    let (_, results) = run_rounds(clients, &target.jid, 4, 2, "after");
+    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "setups failed after the upgrade: {failed:?}\nnew: {}\nold: {}",
+        cl.instances[0].log(),
+        old.log()
+    );
+    // The instance's requesters are still its own, served by the new process.
+    for (i, r) in &results {
+        if its.contains(i) {
+            assert_eq!(*r.as_ref().unwrap(), first);
+        }
+    }
+    assert!(
+        activations(&cl.instances[0]) > 0.0,
+        "the new process activates"
+    );
+    old.kill();
+}

@@ -395,11 +395,18 @@ fn five_overlap_upgrades_under_load_for_comparison() {
 }
 
 /// On ejabberd, which takes both logins at once (the old link leaves when the new one is
-/// logged in, forwarding what it still gets meanwhile): two upgrades.
+/// logged in, forwarding what it still gets meanwhile): two upgrades. The one loss it may
+/// have is an activation that ejabberd routed to the old link in the instant that link
+/// closed (see `on_ejabberd_only_the_old_links_closing_instant_loses_iqs`): at this rate
+/// rarely one, never anything else (no refused or broken setup, no byte lost).
 #[test]
-fn upgrades_on_ejabberd_lose_no_setup_and_no_byte() {
+fn upgrades_on_ejabberd_lose_no_byte_and_at_most_an_iq_in_the_closing_instant() {
     let (ok, failed) = upgrades_under_load(Procedure::Handover, Server::Ejabberd, 2);
-    assert!(failed.is_empty(), "failed setups: {failed:#?}");
+    eprintln!("ejabberd: {ok} setups verified, failed: {failed:?}");
+    assert!(failed.len() <= 2, "failed setups: {failed:#?}");
+    for f in &failed {
+        assert!(f.ends_with("activation IQ: no IQ answer"), "{f}");
+    }
     assert!(ok >= 2_400, "only {ok} setups in 30 s");
 }
 
@@ -858,4 +865,113 @@ fn a_sigterm_after_the_handover_lets_the_old_relays_finish() {
         .unwrap()
         .expect("the old process's relay finishes whole");
     assert_eq!(old.wait_exit(30), Some(true), "then it exits cleanly");
+}
+
+/// ejabberd takes both logins during an upgrade and spreads stanzas over both links. The
+/// old link forwards what it receives until the server has closed it, but ejabberd itself
+/// drops what it routes to a component connection whose process is terminating (its
+/// route is removed only then): that instant is the one loss an upgrade on ejabberd can
+/// have. Measured here with activations for unknown keys flooding the component across a
+/// takeover, each flooder with one IQ in flight: at most that one IQ per flooder is lost,
+/// only before the old link is gone, and every flooder is answered after it.
+#[test]
+fn on_ejabberd_only_the_old_links_closing_instant_loses_iqs() {
+    const FLOODERS: usize = 8;
+    let mut users: Vec<(String, String)> = (0..FLOODERS)
+        .map(|i| (format!("flood{i}"), format!("pw-flood{i}")))
+        .collect();
+    users.push(("probe".into(), "pw-probe".into()));
+    let u: Vec<(&str, &str, &str)> = users
+        .iter()
+        .map(|(n, p)| (n.as_str(), DOMAIN, p.as_str()))
+        .collect();
+    let xmpp = host(Server::Ejabberd, &u);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_for(dir.path(), &xmpp.component, xmpp.secret, free_port());
+    let mut old = Proxy::spawn(&cfg);
+    let mut probe = Client::login(xmpp.c2s_port, "probe", DOMAIN, "pw-probe").unwrap();
+    wait_logged_in(&mut probe);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per flooder: answered before the takeover ended, answered after, lost (send time).
+    type Counts = (u64, u64, Vec<Instant>);
+    let takeover_done: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let flooders: Vec<thread::JoinHandle<Counts>> = (0..FLOODERS)
+        .map(|i| {
+            let (stop, done) = (stop.clone(), takeover_done.clone());
+            let (user, pw) = (format!("flood{i}"), format!("pw-flood{i}"));
+            let mut c = Client::login(xmpp.c2s_port, &user, DOMAIN, &pw).unwrap();
+            thread::spawn(move || {
+                let mut counts: Counts = (0, 0, Vec::new());
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let sent = Instant::now();
+                    let query = format!(
+                        "<query xmlns='{BS}' sid='unknown-{i}-{n}'><activate>{TARGET}</activate></query>"
+                    );
+                    match c.iq_within("set", Some(PROXY_JID), &query, Duration::from_secs(2)) {
+                        Ok(r) if r.error_condition().as_deref() == Some("item-not-found") => {
+                            if done.lock().unwrap().is_some_and(|t| sent > t) {
+                                counts.1 += 1;
+                            } else {
+                                counts.0 += 1;
+                            }
+                        }
+                        Ok(r) => panic!("flooder {i}: unexpected answer {r:?}"),
+                        Err(_) => counts.2.push(sent),
+                    }
+                }
+                counts
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(1));
+    let new = Proxy::spawn_with(&cfg, &["--takeover"], "warn");
+    // The old process exits once its link has left (it has no relays).
+    assert_eq!(old.wait_exit(60), Some(true), "the old process exits");
+    let exited = Instant::now();
+    *takeover_done.lock().unwrap() = Some(exited);
+    thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let counts: Vec<Counts> = flooders.into_iter().map(|f| f.join().unwrap()).collect();
+    let lost: usize = counts.iter().map(|c| c.2.len()).sum();
+    let before: u64 = counts.iter().map(|c| c.0).sum();
+    let after: u64 = counts.iter().map(|c| c.1).sum();
+    eprintln!(
+        "ejabberd takeover: {before} IQs answered in 1 s before, {after} in 3 s after, {lost} lost"
+    );
+    for (i, (_, after, lost)) in counts.iter().enumerate() {
+        assert!(
+            *after > 0,
+            "flooder {i} was not answered after the takeover"
+        );
+        assert!(lost.len() <= 1, "flooder {i} lost {} IQs", lost.len());
+        assert!(
+            lost.iter().all(|&t| t < exited),
+            "flooder {i} lost an IQ sent after the old process had gone"
+        );
+    }
+    drop(new);
+}
+
+/// Prosody (`kick_old`) replaces the old link at the new login, so the old one does not
+/// leave by itself and the new process must not log in again (that would leave Prosody
+/// without the component for a moment).
+#[test]
+fn on_prosody_the_new_link_logs_in_once() {
+    let Single {
+        prosody,
+        dir,
+        cfg,
+        addr,
+    } = single();
+    let (mut old, mut probe) = start_logged_in(&cfg, &prosody);
+    let log = dir.path().join("new.log");
+    let _new = Proxy::spawn_logging_with(&cfg, &["--takeover"], &log);
+    assert_eq!(old.wait_exit(30), Some(true), "the old process exits");
+    setup(addr, &mut probe, "after", 17).expect("a setup after the upgrade");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("component connected").count(), 1, "{text}");
+    assert!(!text.contains("old link left the server"), "{text}");
 }

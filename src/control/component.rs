@@ -46,6 +46,9 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 const ACTIVATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a clean stream close may take when stopping.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the old link may wait for the server's close after a handover, forwarding
+/// what still arrives (the server answers a stream close within a round trip).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The control thread's stack. Parsing and dropping a stanza recurse once per nesting
 /// level (a few hundred bytes each in minidom and xmpp-parsers); 8 MiB covers
 /// `config::MAX_STANZA_DEPTH` many times over (a test parses that depth on this stack).
@@ -91,6 +94,15 @@ pub(super) struct Shared {
     in_flight: AtomicUsize,
     /// Stanzas another process's link received, to handle as if received here.
     inject: Injected,
+    /// Stanzas the server routed to the current link itself (not forwarded, not replies
+    /// to our own keepalives) since its login.
+    direct: AtomicU64,
+    /// Upgrade handover, new side: the old link left a server that had taken both
+    /// logins; log in again unless the server routes to this link (`Relogin`).
+    relogin: tokio::sync::Notify,
+    /// Upgrade handover, old side: the link left the server cleanly after forwarding,
+    /// answered by the server's own close rather than kicked for the new login.
+    left_cleanly: std::sync::atomic::AtomicBool,
 }
 
 /// The inbox of forwarded stanzas: its receiver outlives reconnects and restarts. It holds
@@ -111,6 +123,22 @@ impl Default for Injected {
             rx: tokio::sync::Mutex::new(rx),
             dropped: Arc::default(),
         }
+    }
+}
+
+/// Asks the link to log in again unless the server routes stanzas to it already. After
+/// an upgrade on ejabberd with `domain_balancing`, the new link logged in while the old
+/// one held every slot, so it got none; the old link has left now, and a new login takes
+/// the slot it freed. A link that the server routes to stays (a new login would open a
+/// window in which the server drops what it routes to the closing link).
+#[derive(Debug, Clone)]
+pub struct Relogin {
+    shared: Arc<Shared>,
+}
+
+impl Relogin {
+    pub fn unless_routed(&self) {
+        self.shared.relogin.notify_one();
     }
 }
 
@@ -263,11 +291,22 @@ impl ControlHandle {
         }
     }
 
-    /// Closes the stream and joins the thread.
-    pub fn stop(mut self) {
+    /// Upgrade handover, new side: see `Relogin`.
+    pub fn relogin(&self) -> Relogin {
+        Relogin {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Closes the stream and joins the thread. True when, during a handover, the link was
+    /// still logged in beside the new one and left the server cleanly (a server that
+    /// takes several logins, such as ejabberd), not kicked for the new login (Prosody's
+    /// `kick_old`).
+    pub fn stop(mut self) -> bool {
         self.thread.stop();
         // A handover's forwarder sees the end of the stanzas.
         self.shared.forward.stop();
+        self.shared.left_cleanly.load(Ordering::Acquire)
     }
 }
 
@@ -355,8 +394,15 @@ async fn run(
                 };
                 match serve(link, &ctx, &mut stop).await {
                     End::Stopped => break,
+                    End::Relogin => {
+                        // At once, and still "up" for the data plane: pairs set up
+                        // meanwhile are activated after the login.
+                        info!("component logging in again to take the route the old process left");
+                        continue;
+                    }
                     End::Lost(why) if shared.forward.active() => {
                         info!("component link closed after the handover: {why}");
+                        shared.set(ConnState::Down);
                         if !until_taken_back(&shared, &mut stop).await {
                             break;
                         }
@@ -469,12 +515,15 @@ pub(super) async fn login_at(
 pub(super) enum End {
     Stopped,
     Lost(String),
+    /// Closed to log in again at once (`Relogin`).
+    Relogin,
 }
 
 impl End {
     pub(super) fn describe(&self) -> String {
         match self {
             End::Stopped => "stopped".into(),
+            End::Relogin => "logging in again".into(),
             End::Lost(why) => why.clone(),
         }
     }
@@ -507,18 +556,48 @@ pub(super) async fn serve(link: Link, ctx: &Ctx<'_>, stop: &mut watch::Receiver<
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     let mut pings = 0u64;
     let mut drop_log = DropLog::default();
+    shared.direct.store(0, Ordering::Relaxed);
     loop {
         shared.in_flight.store(pending.len(), Ordering::Release);
         let out = tokio::select! {
             biased;
             _ = stop.changed() => {
-                let _ = tokio::time::timeout(
-                    CLOSE_TIMEOUT,
-                    SinkExt::<&XmppStreamElement>::close(&mut stream),
-                ).await;
+                if shared.forward.active() {
+                    // What the server still sends goes to the new process.
+                    let clean = leave(&mut stream, |st| {
+                        if shared.forward.offer(st).is_some() {
+                            warn!("a stanza arrived after the handover ended; dropped");
+                        }
+                    })
+                    .await;
+                    info!(clean, "component left the server after the handover");
+                    shared.left_cleanly.store(clean, Ordering::Release);
+                } else {
+                    let _ = tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        SinkExt::<&XmppStreamElement>::close(&mut stream),
+                    ).await;
+                }
                 return End::Stopped;
             }
             Some(reply) = pending.next(), if !pending.is_empty() => Some(reply),
+            _ = shared.relogin.notified() => {
+                if shared.direct.load(Ordering::Relaxed) > 0 {
+                    info!("the old process left the server, which routes to this link already");
+                    None
+                } else {
+                    // Nothing is routed here, so nothing is lost in closing; what
+                    // arrives anyway is handled after the new login.
+                    let inject = shared.inject.tx.clone();
+                    leave(&mut stream, |st| {
+                        if let Some(xml) = super::forward::to_xml(&st) {
+                            let _ = inject.try_send(xml);
+                        }
+                    })
+                    .await;
+                    return End::Relogin;
+                }
+            }
             Some(d) = drops.recv() => {
                 drop_log.note(&d);
                 if d.name == "iq" {
@@ -551,6 +630,9 @@ pub(super) async fn serve(link: Link, ctx: &Ctx<'_>, stop: &mut watch::Receiver<
             item = stream.next(), if pending.len() < MAX_IN_FLIGHT => match item {
                 None => return End::Lost("connection closed".into()),
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(st)))) => {
+                    if routed_here(&st) {
+                        shared.direct.fetch_add(1, Ordering::Relaxed);
+                    }
                     // During a handover the new process handles it (and replies).
                     match shared.forward.offer(st) {
                         Some(st) => handle_stanza(st, ctx, &mut pending),
@@ -605,6 +687,54 @@ pub(super) async fn serve(link: Link, ctx: &Ctx<'_>, stop: &mut watch::Receiver<
             }
         }
     }
+}
+
+/// Leaves the server without losing what it still sends: the stream footer goes out
+/// first, then every stanza up to the server's own footer is read and given to `sink`
+/// (after a handover, forwarded to the new process) instead of being lost with the
+/// socket. A server that takes several logins for one JID (ejabberd) sends here until it
+/// reads our close. True when the server answered with its close, without a stream error
+/// (Prosody's `kick_old` sends `conflict` to a link replaced by a new login).
+async fn leave(stream: &mut Stream, mut sink: impl FnMut(Stanza)) -> bool {
+    let drain = async {
+        if stream.shutdown().await.is_err() {
+            return false;
+        }
+        let mut clean = true;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(st))) => sink(st),
+                Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(_))) => clean = false,
+                Ok(_) | Err(ReadError::SoftTimeout) | Err(ReadError::ParseError(_)) => {}
+                Err(ReadError::StreamFooterReceived) => return clean,
+                // ejabberd closes the socket without a footer of its own: the parser
+                // reports the end of input inside the stream, which is its close here.
+                Err(ReadError::HardError(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    return clean
+                }
+                Err(ReadError::HardError(_)) => return false,
+            }
+        }
+        clean
+    };
+    match tokio::time::timeout(LEAVE_TIMEOUT, drain).await {
+        Ok(clean) => clean,
+        Err(_) => {
+            warn!("the server did not close the component stream within {LEAVE_TIMEOUT:?}");
+            false
+        }
+    }
+}
+
+/// Whether the server routed `st` to this link: anything but the answer to an IQ of
+/// ours (keepalive pings).
+fn routed_here(st: &Stanza) -> bool {
+    !matches!(st, Stanza::Iq(Iq::Result { .. } | Iq::Error { .. }))
 }
 
 /// Hands a received stanza to the service: a reply to send now, or an activation added

@@ -77,15 +77,25 @@ pub struct Given {
     /// Our copies of the listeners, kept until the new process is logged in: if it dies
     /// before, they are served here again (`take_back`).
     kept: Vec<std::os::fd::OwnedFd>,
+    /// The channel to the new process (the forwarder sends on it too).
+    ch: Arc<Channel>,
     pub listeners: usize,
     pub conns: usize,
 }
 
 impl Given {
-    /// Waits for the stanza forwarder, after the control plane stopped.
-    pub fn finish(mut self) {
+    /// Waits for the stanza forwarder, after the control plane stopped. `left_server`:
+    /// this link was still logged in beside the new one until it left just now (the
+    /// server takes several logins, as ejabberd does), so the new process may need to
+    /// log in again to get the route this one held.
+    pub fn finish(mut self, left_server: bool) {
         if let Some(t) = self.forwarder.take() {
             let _ = t.join();
+        }
+        if left_server {
+            if let Err(e) = self.ch.send(&Frame::LeftServer, None) {
+                tracing::warn!(error = %e, "handover: could not tell the new process that the old link left");
+            }
         }
     }
 
@@ -212,11 +222,13 @@ pub fn give(
             }
             let _ = tx.send(logged_in);
         })?;
+    let tx_ch = ch.clone();
     let forwarder = match stanzas {
         Some(rx) => Some(
             std::thread::Builder::new()
                 .name("streamhost-handover-tx".into())
                 .spawn(move || {
+                    let ch = tx_ch;
                     let mut unsent = Vec::new();
                     for xml in rx {
                         if let Err(e) = ch.send(&Frame::Stanza(xml.clone()), None) {
@@ -233,6 +245,7 @@ pub fn give(
         logged_in,
         forwarder,
         kept,
+        ch,
         listeners,
         conns,
     })

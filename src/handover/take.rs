@@ -58,11 +58,13 @@ impl Taken {
 
     /// Feeds stanzas the old link receives to `injector` until the old process closes
     /// the handover, and tells it when `logged_in` returns true (this process's component
-    /// is up, so the old one may leave the server).
+    /// is up, so the old one may leave the server). `left_server` runs when the old link
+    /// has left a server that had taken both logins.
     pub fn serve(
         self,
         injector: Option<Injector>,
         logged_in: impl FnOnce() -> bool + Send + 'static,
+        left_server: impl FnOnce() + Send + 'static,
     ) -> io::Result<()> {
         let ch = Arc::new(self.ch);
         let tx = ch.clone();
@@ -76,8 +78,15 @@ impl Taken {
         std::thread::Builder::new()
             .name("streamhost-takeover-rx".into())
             .spawn(move || {
+                let mut left_server = Some(left_server);
                 loop {
                     match ch.recv() {
+                        Ok(Some((Frame::LeftServer, _))) => {
+                            tracing::info!("takeover: the old link left the server");
+                            if let Some(f) = left_server.take() {
+                                f();
+                            }
+                        }
                         Ok(Some((Frame::Stanza(xml), _))) => {
                             if let Some(i) = &injector {
                                 i.inject(xml);

@@ -8,6 +8,8 @@
 //!   connection that is not relaying (with its descriptor), then `StateEnd`; after that,
 //!   every stanza the old process's component link still receives, as `Stanza`.
 //! - new -> old: `LoggedIn` once the new process's component is logged in.
+//! - old -> new: `LeftServer` once the old link has left a server that had taken both
+//!   logins (ejabberd); then the old process closes the channel.
 
 use crate::key::StreamKey;
 use std::net::SocketAddr;
@@ -35,6 +37,10 @@ pub enum Frame {
     Stanza(String),
     /// The new process's component is logged in: the old one may leave the server.
     LoggedIn,
+    /// The old link has left a server that had accepted both links at once (ejabberd).
+    /// A new link that got no route of its own there (every `domain_balancing` slot was
+    /// taken) logs in again to take the one the old link left.
+    LeftServer,
 }
 
 /// Where a carried connection is in its life, with what the new process needs to go on
@@ -66,6 +72,7 @@ const CONN_PLACED: u8 = 4;
 const STATE_END: u8 = 5;
 const STANZA: u8 = 6;
 const LOGGED_IN: u8 = 7;
+const LEFT_SERVER: u8 = 8;
 
 pub fn encode(f: &Frame) -> Vec<u8> {
     let mut b = Vec::with_capacity(64);
@@ -94,6 +101,7 @@ pub fn encode(f: &Frame) -> Vec<u8> {
             b.extend_from_slice(xml.as_bytes());
         }
         Frame::LoggedIn => b.push(LOGGED_IN),
+        Frame::LeftServer => b.push(LEFT_SERVER),
     }
     b
 }
@@ -134,7 +142,8 @@ pub fn decode(b: &[u8]) -> Result<Frame, WireError> {
         STATE_END if rest.is_empty() => Frame::StateEnd,
         STANZA => Frame::Stanza(String::from_utf8(rest.to_vec()).map_err(|_| bad)?),
         LOGGED_IN if rest.is_empty() => Frame::LoggedIn,
-        STATE_END | LOGGED_IN => return Err(bad),
+        LEFT_SERVER if rest.is_empty() => Frame::LeftServer,
+        STATE_END | LOGGED_IN | LEFT_SERVER => return Err(bad),
         other => return Err(WireError::UnknownType(other)),
     })
 }
@@ -175,6 +184,7 @@ mod tests {
             Frame::StateEnd,
             Frame::Stanza("<iq type='set' id='1'/>".into()),
             Frame::LoggedIn,
+            Frame::LeftServer,
         ]
     }
 

@@ -184,7 +184,8 @@ include_config_file: [{includes}]
             .spawn()
             .expect("erl starts (is ejabberd installed?)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: on 2 busy cores the VM has taken over 30 s to load its config.
+        let deadline = Instant::now() + Duration::from_secs(120);
         let accepting = |port: u16| format!("Start accepting TCP connections at 127.0.0.1:{port} ");
         loop {
             let all = read(&self.path("log/ejabberd.log"));

@@ -26,9 +26,15 @@ impl Proxy {
 
     /// Logs at the default level (info) into the file `log`.
     pub fn spawn_logging(config: &Path, log: &Path) -> Proxy {
+        Proxy::spawn_logging_with(config, &[], log)
+    }
+
+    /// `spawn_logging` with `extra` flags.
+    pub fn spawn_logging_with(config: &Path, extra: &[&str], log: &Path) -> Proxy {
         let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
             .arg("--config")
             .arg(config)
+            .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())

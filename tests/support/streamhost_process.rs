@@ -33,6 +33,7 @@ impl StreamhostProcess {
             let socks = SocketAddr::new(ip, free_port(ip));
             let metrics: SocketAddr = ([127, 0, 0, 1], free_port([127, 0, 0, 1].into())).into();
             let config = dir.path().join("streamhost.toml");
+            let handover = dir.path().join("handover.sock").display().to_string();
             std::fs::write(
                 &config,
                 format!(
@@ -40,6 +41,7 @@ impl StreamhostProcess {
 workers = 2
 listen = ["{socks}"]
 max_connections_per_ip = 0
+handover_socket = "{handover}"
 
 [metrics]
 listen = "{metrics}"
@@ -57,7 +59,10 @@ secret = "{secret}"
             let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
                 .arg("--config")
                 .arg(&config)
-                .env("RUST_LOG", "warn")
+                .env(
+                    "RUST_LOG",
+                    "info,streamhost::activation=warn,streamhost::stream=warn",
+                )
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -84,6 +89,45 @@ secret = "{secret}"
             assert!(attempt < 4, "streamhost does not start: {}", p.log());
         }
         unreachable!()
+    }
+
+    /// An upgrade: the same binary and config started with `--takeover`, which takes the
+    /// listeners, the pending connections and the component over from this process
+    /// (which then only finishes its relays). Its log is its own.
+    pub fn take_over(&self) -> StreamhostProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = std::fs::File::create(dir.path().join("streamhost.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
+            .arg("--config")
+            .arg(self.dir.path().join("streamhost.toml"))
+            .arg("--takeover")
+            .env(
+                "RUST_LOG",
+                "info,streamhost::activation=warn,streamhost::stream=warn",
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("streamhost starts");
+        StreamhostProcess {
+            child,
+            dir,
+            socks: self.socks,
+            metrics: self.metrics,
+        }
+    }
+
+    /// Waits (bounded) for the process to exit by itself; its status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn alive(&mut self) -> bool {
