@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 /// Binds `workers` shards on each address. A port 0 is resolved by the first shard and
 /// reused by the others. Listeners handed over by an old process (`inherited`, with
 /// their addresses) serve their address first, spread over the workers; only the shards
-/// still missing are bound. Inherited listeners for an address no longer configured are
-/// closed. Returns `shards[worker][..]` and the bound addresses.
+/// still missing are bound (a configured port 0 takes the port the old process had).
+/// Inherited listeners for an address no longer configured are closed. Returns `shards[worker][..]` and the bound addresses.
 pub(crate) fn bind_shards(
     addrs: &[SocketAddr],
     workers: usize,
@@ -23,7 +23,14 @@ pub(crate) fn bind_shards(
         let mut have = 0;
         let mut i = 0;
         while i < inherited.len() {
-            if inherited[i].0 == addr {
+            // A configured port 0 was resolved by the old process: its listeners on the
+            // same address (and the one port the first of them has) are this entry's.
+            let a = inherited[i].0;
+            let ours = a == addr
+                || (addr.port() == 0
+                    && a.ip() == addr.ip()
+                    && (actual.port() == 0 || a.port() == actual.port()));
+            if ours {
                 let (a, s) = inherited.swap_remove(i);
                 shards[have % workers].push(s);
                 actual = a;
@@ -89,5 +96,29 @@ mod tests {
             .collect();
         let (shards, _) = bind_shards(&[addr], 2, 16, again).unwrap();
         assert_eq!(shards.iter().map(Vec::len).sum::<usize>(), 4);
+    }
+
+    #[test]
+    fn a_configured_port_0_takes_the_port_the_old_process_had() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (old, addrs) = bind_shards(&[any], 2, 16, vec![]).unwrap();
+        let addr = addrs[0];
+        let inherited: Vec<_> = old.into_iter().flatten().map(|s| (addr, s)).collect();
+        let (shards, bound) = bind_shards(&[any], 2, 16, inherited).unwrap();
+        assert_eq!(bound, vec![addr]);
+        for s in shards.iter().flatten() {
+            assert_eq!(s.local_addr().unwrap().as_socket(), Some(addr));
+        }
+        // A listener on another port of the same address belongs to another entry.
+        let (other, other_addrs) = bind_shards(&[any], 1, 16, vec![]).unwrap();
+        let (mine, _) = bind_shards(&[addr], 1, 16, vec![]).unwrap();
+        let mixed: Vec<_> = mine
+            .into_iter()
+            .flatten()
+            .map(|s| (addr, s))
+            .chain(other.into_iter().flatten().map(|s| (other_addrs[0], s)))
+            .collect();
+        let (_, bound) = bind_shards(&[any, any], 1, 16, mixed).unwrap();
+        assert_eq!(bound, vec![addr, other_addrs[0]]);
     }
 }
