@@ -769,6 +769,51 @@ fn an_export_that_times_out_leaves_every_listener_served() {
     }
 }
 
+/// Connections a worker was still handing over when the export timed out are kept and
+/// go on here, like those already in the sink: nothing a client started is closed by a
+/// handover that gave up.
+#[test]
+fn an_export_that_times_out_keeps_the_connections_it_was_moving() {
+    let port = free_port();
+    let config = streamhost::config::Config::from_toml_str(
+        &format!("workers = 2\nlisten = [\"127.0.0.1:{port}\"]\n"),
+        "test",
+    )
+    .unwrap();
+    let handle = streamhost::Server::start(config).unwrap();
+    let mut timed_out = 0;
+    let mut conns = Vec::new();
+    for round in 0..5 {
+        // Mid-handshake: greeted, a read in flight on each.
+        for _ in 0..20 {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(&[5, 1, 0]).unwrap();
+            let mut reply = [0u8; 2];
+            c.read_exact(&mut reply).unwrap();
+            assert_eq!(reply, [5, 0]);
+            conns.push((round, c));
+        }
+        match handle.export(Duration::ZERO) {
+            Ok(e) => handle.restore(e),
+            Err(_) => timed_out += 1,
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(timed_out > 0, "an export with no time timed out");
+    for (i, (round, mut c)) in conns.into_iter().enumerate() {
+        let k = key(&format!("kept-{i}"), "a@localhost/r");
+        let mut req = vec![5, 1, 0, 3, 40];
+        req.extend_from_slice(k.as_bytes());
+        req.extend_from_slice(&[0, 0]);
+        c.write_all(&req).unwrap();
+        let mut reply = [0u8; 47];
+        c.read_exact(&mut reply)
+            .unwrap_or_else(|e| panic!("connection {i} (round {round}) after the export: {e}"));
+        assert_eq!(&reply[..2], &[5, 0], "connection {i}");
+    }
+}
+
 /// A handover that fails after the export (the new process gone) takes everything back:
 /// a connection mid-handshake goes on where it was, and the upgrade counters say that
 /// nothing moved between processes.

@@ -38,8 +38,21 @@ impl ExportSink {
         let mut ls = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         self.abandoned.store(true, Relaxed);
         let ls = std::mem::take(&mut *ls);
+        // After the flag: a connection pushed before is taken here, one after is refused.
         let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()));
         (ls, conns)
+    }
+
+    /// Puts a connection in the sink; gives it back if the handover gave up meanwhile
+    /// (checked under the lock `abandon` takes the connections with, so none falls
+    /// between).
+    fn push_conn(&self, fd: OwnedFd, carried: Carried) -> Option<(OwnedFd, Carried)> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if self.abandoned.load(Relaxed) {
+            return Some((fd, carried));
+        }
+        conns.push((fd, carried));
+        None
     }
 
     fn report(&self) {
@@ -196,25 +209,42 @@ impl Worker {
         // SAFETY: the connection owned its descriptor and nothing is in flight on it.
         let fd = unsafe { OwnedFd::from_raw_fd(c.fd) };
         // Nothing to carry: closed here (dropping `fd`).
-        if let (Some(carried), Some(sink)) = (carried, &self.export) {
-            sink.conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((fd, carried));
+        if let Some(carried) = carried {
+            self.carry_out(fd, carried);
+        }
+    }
+
+    /// Into the sink; or, when the handover gave up meanwhile, kept to be taken back
+    /// (at once when this worker serves again already).
+    fn carry_out(&mut self, fd: OwnedFd, carried: Carried) {
+        let back = match &self.export {
+            Some(sink) => sink.push_conn(fd, carried),
+            None => Some((fd, carried)),
+        };
+        if let Some(conn) = back {
+            self.kept_back.push(conn);
+            if self.export.is_none() {
+                self.take_back_kept();
+            }
+        }
+    }
+
+    /// The connections kept back from a handover that gave up go on here.
+    fn take_back_kept(&mut self) {
+        for (fd, carried) in std::mem::take(&mut self.kept_back) {
+            self.adopt(fd, carried, true);
         }
     }
 
     /// A connection accepted while handing over goes over untouched.
     pub(super) fn export_fresh(&mut self, fd: OwnedFd) {
-        if let Some(sink) = &self.export {
-            sink.conns.lock().unwrap_or_else(|e| e.into_inner()).push((
-                fd,
-                Carried::Handshake {
-                    received: Vec::new(),
-                    replied: 0,
-                },
-            ));
-        }
+        self.carry_out(
+            fd,
+            Carried::Handshake {
+                received: Vec::new(),
+                replied: 0,
+            },
+        );
     }
 
     /// Reports once every accept has ended and every connection has left; the listeners
@@ -245,6 +275,10 @@ impl Worker {
         }
         drop(given);
         sink.report();
+        // Given up: what finished leaving after that goes on here.
+        if self.export.is_none() {
+            self.take_back_kept();
+        }
     }
 
     /// The second round: every hand-off sent before the other cores reported has been
@@ -266,6 +300,7 @@ impl Worker {
             self.export_reported = false;
             self.accepts_live = 0;
         }
+        self.take_back_kept();
         // Served here whatever this worker's state: dropped, they would close.
         for fd in listeners {
             self.listeners.push(socket2::Socket::from(fd));

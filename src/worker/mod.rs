@@ -125,6 +125,9 @@ pub(crate) struct Worker {
     accepts_live: usize,
     /// The hand-over of this worker's share is complete and reported.
     export_reported: bool,
+    /// Connections that finished leaving after the handover gave up (`abandon`): taken
+    /// back here once the worker serves again.
+    kept_back: Vec<(std::os::fd::OwnedFd, crate::handover::wire::Carried)>,
 }
 
 impl Worker {
@@ -179,6 +182,7 @@ impl Worker {
             exporting: 0,
             accepts_live: 0,
             export_reported: false,
+            kept_back: Vec::new(),
             shared,
         })
     }
