@@ -736,18 +736,35 @@ fn a_takeover_the_old_process_hangs_up_on_exits_instead_of_starting_beside_it() 
     );
 }
 
-/// An export that times out (a worker slow to hand over) gives up the handover: every
-/// worker serves its listeners again, including those that had already handed theirs
-/// over and those that report after the timeout.
-#[test]
-fn an_export_that_times_out_leaves_every_listener_served() {
+/// A data plane in this process (no component) on a free loopback port.
+fn in_process_server() -> (u16, streamhost::server::Handle) {
     let port = free_port();
     let config = streamhost::config::Config::from_toml_str(
         &format!("workers = 2\nlisten = [\"127.0.0.1:{port}\"]\n"),
         "test",
     )
     .unwrap();
-    let handle = streamhost::Server::start(config).unwrap();
+    (port, streamhost::Server::start(config).unwrap())
+}
+
+/// A connection that has sent its SOCKS5 greeting and got the answer (a handshake with a
+/// read in flight on the proxy's side).
+fn greeted(port: u16) -> std::io::Result<TcpStream> {
+    let mut c = TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.write_all(&[5, 1, 0])?;
+    let mut reply = [0u8; 2];
+    c.read_exact(&mut reply)?;
+    assert_eq!(reply, [5, 0]);
+    Ok(c)
+}
+
+/// An export that times out (a worker slow to hand over) gives up the handover: every
+/// worker serves its listeners again, including those that had already handed theirs
+/// over and those that report after the timeout.
+#[test]
+fn an_export_that_times_out_leaves_every_listener_served() {
+    let (port, handle) = in_process_server();
     // No time at all: the workers cannot have reported yet.
     let mut timed_out = 0;
     for _ in 0..5 {
@@ -759,13 +776,7 @@ fn an_export_that_times_out_leaves_every_listener_served() {
     assert!(timed_out > 0, "an export with no time timed out");
     thread::sleep(Duration::from_millis(500));
     for i in 0..16 {
-        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        c.write_all(&[5, 1, 0]).unwrap();
-        let mut reply = [0u8; 2];
-        c.read_exact(&mut reply)
-            .unwrap_or_else(|e| panic!("connection {i} after the failed export: {e}"));
-        assert_eq!(reply, [5, 0], "connection {i}");
+        greeted(port).unwrap_or_else(|e| panic!("connection {i} after the failed export: {e}"));
     }
 }
 
@@ -774,25 +785,13 @@ fn an_export_that_times_out_leaves_every_listener_served() {
 /// handover that gave up.
 #[test]
 fn an_export_that_times_out_keeps_the_connections_it_was_moving() {
-    let port = free_port();
-    let config = streamhost::config::Config::from_toml_str(
-        &format!("workers = 2\nlisten = [\"127.0.0.1:{port}\"]\n"),
-        "test",
-    )
-    .unwrap();
-    let handle = streamhost::Server::start(config).unwrap();
+    let (port, handle) = in_process_server();
     let mut timed_out = 0;
     let mut conns = Vec::new();
     for round in 0..5 {
         // Mid-handshake: greeted, a read in flight on each.
         for _ in 0..20 {
-            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            c.write_all(&[5, 1, 0]).unwrap();
-            let mut reply = [0u8; 2];
-            c.read_exact(&mut reply).unwrap();
-            assert_eq!(reply, [5, 0]);
-            conns.push((round, c));
+            conns.push((round, greeted(port).unwrap()));
         }
         match handle.export(Duration::ZERO) {
             Ok(e) => handle.restore(e),
@@ -819,13 +818,7 @@ fn an_export_that_times_out_keeps_the_connections_it_was_moving() {
 /// nothing moved between processes.
 #[test]
 fn a_restored_export_goes_on_and_counts_nothing_as_moved() {
-    let port = free_port();
-    let config = streamhost::config::Config::from_toml_str(
-        &format!("workers = 2\nlisten = [\"127.0.0.1:{port}\"]\n"),
-        "test",
-    )
-    .unwrap();
-    let handle = streamhost::Server::start(config).unwrap();
+    let (port, handle) = in_process_server();
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     c.write_all(&[5, 1, 0]).unwrap();

@@ -23,6 +23,25 @@ fn free_port(ip: IpAddr) -> u16 {
         .port()
 }
 
+/// The binary with `config` and `extra` flags, logging (info, less the per-stream lines)
+/// into `streamhost.log` in `log_dir`.
+fn launch(config: &std::path::Path, extra: &[&str], log_dir: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log_dir.join("streamhost.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_streamhost"))
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            "info,streamhost::activation=warn,streamhost::stream=warn",
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("streamhost starts")
+}
+
 impl StreamhostProcess {
     /// Starts the binary on `ip` as component `jid` of `server`; `extra` is appended to
     /// the `[component]` section (keys, then any sub-tables). Waits until it listens.
@@ -55,19 +74,7 @@ secret = "{secret}"
                 ),
             )
             .unwrap();
-            let log = std::fs::File::create(dir.path().join("streamhost.log")).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
-                .arg("--config")
-                .arg(&config)
-                .env(
-                    "RUST_LOG",
-                    "info,streamhost::activation=warn,streamhost::stream=warn",
-                )
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("streamhost starts");
+            let child = launch(&config, &[], dir.path());
             let mut p = StreamhostProcess {
                 child,
                 dir,
@@ -96,20 +103,8 @@ secret = "{secret}"
     /// (which then only finishes its relays). Its log is its own.
     pub fn take_over(&self) -> StreamhostProcess {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = std::fs::File::create(dir.path().join("streamhost.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
-            .arg("--config")
-            .arg(self.dir.path().join("streamhost.toml"))
-            .arg("--takeover")
-            .env(
-                "RUST_LOG",
-                "info,streamhost::activation=warn,streamhost::stream=warn",
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("streamhost starts");
+        let config = self.dir.path().join("streamhost.toml");
+        let child = launch(&config, &["--takeover"], dir.path());
         StreamhostProcess {
             child,
             dir,
