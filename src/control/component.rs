@@ -126,11 +126,12 @@ impl Default for Injected {
     }
 }
 
-/// Asks the link to log in again unless the server routes stanzas to it already. After
-/// an upgrade on ejabberd with `domain_balancing`, the new link logged in while the old
-/// one held every slot, so it got none; the old link has left now, and a new login takes
-/// the slot it freed. A link that the server routes to stays (a new login would open a
-/// window in which the server drops what it routes to the closing link).
+/// Asks for a second login, which then replaces the current link, unless the server
+/// routes stanzas to the current link already. After an upgrade on ejabberd with
+/// `domain_balancing`, the new link logged in while the old one held every slot, so it
+/// got none; the old link has left now, and a second login takes the slot it freed. A
+/// link that the server routes to stays (closing it would open the instant in which
+/// ejabberd drops what it routes to a closing link).
 #[derive(Debug, Clone)]
 pub struct Relogin {
     shared: Arc<Shared>,
@@ -394,12 +395,6 @@ async fn run(
                 };
                 match serve(link, &ctx, &mut stop).await {
                     End::Stopped => break,
-                    End::Relogin => {
-                        // At once, and still "up" for the data plane: pairs set up
-                        // meanwhile are activated after the login.
-                        info!("component logging in again to take the route the old process left");
-                        continue;
-                    }
                     End::Lost(why) if shared.forward.active() => {
                         info!("component link closed after the handover: {why}");
                         shared.set(ConnState::Down);
@@ -515,15 +510,12 @@ pub(super) async fn login_at(
 pub(super) enum End {
     Stopped,
     Lost(String),
-    /// Closed to log in again at once (`Relogin`).
-    Relogin,
 }
 
 impl End {
     pub(super) fn describe(&self) -> String {
         match self {
             End::Stopped => "stopped".into(),
-            End::Relogin => "logging in again".into(),
             End::Lost(why) => why.clone(),
         }
     }
@@ -584,19 +576,20 @@ pub(super) async fn serve(link: Link, ctx: &Ctx<'_>, stop: &mut watch::Receiver<
             _ = shared.relogin.notified() => {
                 if shared.direct.load(Ordering::Relaxed) > 0 {
                     info!("the old process left the server, which routes to this link already");
-                    None
-                } else {
-                    // Nothing is routed here, so nothing is lost in closing; what
-                    // arrives anyway is handled after the new login.
+                } else if let Some(new) = second_login(settings, shared).await {
+                    // The new link holds the route before this one goes: no moment
+                    // without one. What still reaches this one is handled after all.
+                    let mut old = std::mem::replace(&mut stream, new.stream);
+                    drops = new.drops;
                     let inject = shared.inject.tx.clone();
-                    leave(&mut stream, |st| {
+                    leave(&mut old, |st| {
                         if let Some(xml) = super::forward::to_xml(&st) {
                             let _ = inject.try_send(xml);
                         }
                     })
                     .await;
-                    return End::Relogin;
                 }
+                None
             }
             Some(d) = drops.recv() => {
                 drop_log.note(&d);
@@ -727,6 +720,29 @@ async fn leave(stream: &mut Stream, mut sink: impl FnMut(Stanza)) -> bool {
         Err(_) => {
             warn!("the server did not close the component stream within {LEAVE_TIMEOUT:?}");
             false
+        }
+    }
+}
+
+/// Logs in a second link beside the current one (`Relogin`); `None` if that fails (the
+/// current link serves on).
+async fn second_login(settings: &ControlSettings, shared: &Shared) -> Option<Link> {
+    match tokio::time::timeout(LOGIN_TIMEOUT, login(settings, &shared.drops)).await {
+        Ok(Ok(link)) => {
+            shared.logins.fetch_add(1, Ordering::AcqRel);
+            shared.direct.store(0, Ordering::Relaxed);
+            info!("component logged in again, to take the route the old process left");
+            Some(link)
+        }
+        Ok(Err(e)) => {
+            warn!("a second component login failed: {e}; the current link serves on");
+            None
+        }
+        Err(_) => {
+            warn!(
+                "a second component login took over {LOGIN_TIMEOUT:?}; the current link serves on"
+            );
+            None
         }
     }
 }
