@@ -108,6 +108,9 @@ workers = 2
 listen = ["127.0.0.1:{port}"]
 drain_timeout = 60
 handover_socket = "{sock}"
+# The handshake stopped at its greeting over an upgrade is finished after the other
+# pending setups; under load on 2 busy cores that can take longer than the default 10 s.
+handshake_timeout = 60
 
 [component]
 server = "{server}"
