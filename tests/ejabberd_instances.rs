@@ -85,6 +85,12 @@ impl Cluster {
     }
 }
 
+fn logins(p: &StreamhostProcess) -> f64 {
+    let (status, _, body) = scrape::get(p.metrics, "/metrics");
+    assert_eq!(status, 200);
+    scrape::samples(&body)["streamhost_component_logins_total"]
+}
+
 fn activations(p: &StreamhostProcess) -> f64 {
     let (status, _, body) = scrape::get(p.metrics, "/metrics");
     assert_eq!(status, 200);
@@ -445,6 +451,21 @@ fn an_instance_upgraded_by_handover_keeps_its_requesters() {
         cl.instances[0].log()
     );
     let mut old = std::mem::replace(&mut cl.instances[0], new);
+    // The slot is free from the old link's close until the new process's second login
+    // (milliseconds; ejabberd drops that slot's stanzas meanwhile): wait for that login.
+    assert!(
+        cl.instances[0].wait_ready(Duration::from_secs(20)),
+        "the new process is ready"
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while logins(&cl.instances[0]) < 2.0 {
+        assert!(
+            Instant::now() < end,
+            "no second login: {}",
+            cl.instances[0].log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     let (_, results) = run_rounds(clients, &target.jid, 4, 2, "after");
     let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
     assert!(
