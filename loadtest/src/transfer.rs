@@ -97,23 +97,7 @@ impl std::error::Error for DataError {}
 
 /// Writes `leg.bytes` pattern bytes, then shuts the write side down.
 pub fn send(stream: &mut TcpStream, leg: &Leg, buf: &mut Vec<u8>) -> Result<(), DataError> {
-    buf.resize(IO_SIZE, 0);
-    let mut off = 0u64;
-    while off < leg.bytes {
-        let n = ((leg.bytes - off) as usize).min(IO_SIZE);
-        pattern::fill(leg.seed, off, &mut buf[..n]);
-        if let Err(err) = stream.write_all(&buf[..n]) {
-            return Err(DataError::Io {
-                leg: leg.name(),
-                offset: off,
-                what: "write",
-                err,
-            });
-        }
-        off += n as u64;
-    }
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    Ok(())
+    send_while(stream, leg, buf, || true).map(|_| ())
 }
 
 /// Writes pattern bytes until `leg.bytes` are sent or `until` has passed (checked between
@@ -124,9 +108,20 @@ pub fn send_until(
     buf: &mut Vec<u8>,
     until: Instant,
 ) -> Result<u64, DataError> {
+    send_while(stream, leg, buf, || Instant::now() < until)
+}
+
+/// Writes pattern bytes while `go_on()` (asked before each write) and fewer than
+/// `leg.bytes` are sent, then shuts the write side down; returns how many were sent.
+fn send_while(
+    stream: &mut TcpStream,
+    leg: &Leg,
+    buf: &mut Vec<u8>,
+    go_on: impl Fn() -> bool,
+) -> Result<u64, DataError> {
     buf.resize(IO_SIZE, 0);
     let mut off = 0u64;
-    while off < leg.bytes && Instant::now() < until {
+    while off < leg.bytes && go_on() {
         let n = ((leg.bytes - off) as usize).min(IO_SIZE);
         pattern::fill(leg.seed, off, &mut buf[..n]);
         if let Err(err) = stream.write_all(&buf[..n]) {

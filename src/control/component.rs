@@ -977,9 +977,9 @@ mod tests {
             .is_some());
     }
 
-    #[test]
-    fn stops_promptly_while_the_server_is_unreachable() {
-        // A loopback port with nothing listening: every login fails at once.
+    /// A control plane whose server is a loopback port with nothing listening: every
+    /// login fails at once.
+    fn spawn_unreachable() -> ControlHandle {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -992,7 +992,12 @@ mod tests {
             advertise: vec!["192.0.2.1:7777".into()],
             ..ControlConfig::default()
         };
-        let h = spawn(c.resolve(&[]).unwrap(), Arc::new(Fixed(None))).unwrap();
+        spawn(c.resolve(&[]).unwrap(), Arc::new(Fixed(None))).unwrap()
+    }
+
+    #[test]
+    fn stops_promptly_while_the_server_is_unreachable() {
+        let h = spawn_unreachable();
         std::thread::sleep(Duration::from_millis(300));
         assert_ne!(h.state(), ConnState::Connected);
         assert_eq!(h.logins(), 0);
@@ -1005,19 +1010,7 @@ mod tests {
     /// a flood of them is bounded, the rest dropped and counted.
     #[test]
     fn forwarded_stanzas_wait_in_a_bounded_inbox() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let c = ControlConfig {
-            server: format!("127.0.0.1:{port}"),
-            jid: "proxy.example.org".into(),
-            secret: Some(Secret::new("x")),
-            advertise: vec!["192.0.2.1:7777".into()],
-            ..ControlConfig::default()
-        };
-        let h = spawn(c.resolve(&[]).unwrap(), Arc::new(Fixed(None))).unwrap();
+        let h = spawn_unreachable();
         let inject = h.injector();
         let extra = 100;
         for n in 0..super::super::forward::FORWARD_QUEUE + extra {

@@ -4,23 +4,17 @@
 
 use super::daemon::Daemon;
 use super::Peer;
-use crate::control::Control;
-use crate::pairs::Target;
+use super::{GENERATOR_JID, PROXY65_JID};
 use crate::proxy_proc::free_port;
-use crate::xmpp::component;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub const NAME: &str = "ejabberd mod_proxy65";
 
 /// Where Debian's ejabberd package puts its code (ejabberdctl's ERL_LIBS).
 const ERL_LIBS: &str = "/usr/lib/x86_64-linux-gnu";
-
-const PROXY65_JID: &str = "proxy65.localhost";
-const GENERATOR_JID: &str = "loadtest.localhost";
 
 pub fn installed() -> bool {
     super::installed("erl")
@@ -101,18 +95,7 @@ modules:
     /// Connects the generator's component and returns the peer to drive: activations are
     /// sent from the requester's JID in the component's domain, as its server would.
     pub fn peer(&self, secret: &str, ready: Duration) -> anyhow::Result<Peer> {
-        let link = component::connect(self.component, GENERATOR_JID, secret, None, ready)?;
-        let mut control = Control::new(link, PROXY65_JID, GENERATOR_JID);
-        // The most conservative client: greeting alone, no half-close.
-        control.conservative = true;
-        Ok(Peer {
-            name: NAME.into(),
-            target: Target::Proxy {
-                addr: self.socks,
-                control: Arc::new(control),
-            },
-            pid: Some(self.pid()),
-        })
+        super::proxy65_peer(NAME, self.socks, self.component, self.pid(), secret, ready)
     }
 }
 

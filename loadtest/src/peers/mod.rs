@@ -11,14 +11,48 @@ pub use ejabberd::Ejabberd;
 pub use haproxy::Haproxy;
 pub use prosody::Prosody;
 
+use crate::control::Control;
 use crate::pairs::Target;
+use crate::xmpp::component;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The JIDs of a throw-away XMPP server's mod_proxy65 and of the generator, which joins
+/// that server as a component to send activations from a requester in its domain.
+const PROXY65_JID: &str = "proxy65.localhost";
+const GENERATOR_JID: &str = "loadtest.localhost";
 
 /// A proxy to measure: its name, where pairs go, and its process (for its CPU).
 pub struct Peer {
     pub name: String,
     pub target: Target,
     pub pid: Option<u32>,
+}
+
+/// A server's mod_proxy65 at `socks`, driven through the generator's component login at
+/// `component`. Both servers' proxies get the most conservative client: the greeting
+/// alone (Prosody's reads it as one packet and refuses it with the request behind it) and
+/// no half-close (Prosody's closes both ends at one side's FIN).
+fn proxy65_peer(
+    name: &str,
+    socks: SocketAddr,
+    component: SocketAddr,
+    pid: u32,
+    secret: &str,
+    ready: Duration,
+) -> anyhow::Result<Peer> {
+    let link = component::connect(component, GENERATOR_JID, secret, None, ready)?;
+    let mut control = Control::new(link, PROXY65_JID, GENERATOR_JID);
+    control.conservative = true;
+    Ok(Peer {
+        name: name.into(),
+        target: Target::Proxy {
+            addr: socks,
+            control: Arc::new(control),
+        },
+        pid: Some(pid),
+    })
 }
 
 /// Whether `program` is on PATH.

@@ -2,20 +2,13 @@
 
 use super::daemon::Daemon;
 use super::Peer;
-use crate::control::Control;
-use crate::pairs::Target;
+use super::{GENERATOR_JID, PROXY65_JID};
 use crate::proxy_proc::free_port;
-use crate::xmpp::component;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub const NAME: &str = "prosody mod_proxy65";
-
-/// The JIDs of the Prosody peer: its proxy65 component, and ours that sends activations.
-const PROXY65_JID: &str = "proxy65.localhost";
-const GENERATOR_JID: &str = "loadtest.localhost";
 
 /// Prosody with mod_proxy65 (its bundled XEP-0065 proxy), as a component on a private
 /// VirtualHost; the generator activates pairs as a second component.
@@ -81,18 +74,6 @@ Component "{GENERATOR_JID}"
 
     /// Connects the generator's component and returns the peer to drive.
     pub fn peer(&self, secret: &str, ready: Duration) -> anyhow::Result<Peer> {
-        let link = component::connect(self.component, GENERATOR_JID, secret, None, ready)?;
-        let mut control = Control::new(link, PROXY65_JID, GENERATOR_JID);
-        // mod_proxy65 reads the greeting as one packet (refusing it with the request
-        // behind it), and closes both ends when one sends its FIN.
-        control.conservative = true;
-        Ok(Peer {
-            name: NAME.into(),
-            target: Target::Proxy {
-                addr: self.socks,
-                control: Arc::new(control),
-            },
-            pid: Some(self.pid()),
-        })
+        super::proxy65_peer(NAME, self.socks, self.component, self.pid(), secret, ready)
     }
 }
