@@ -533,16 +533,10 @@ mod tests {
         w.shared.open.fetch_add(1, Relaxed);
         w.shared.pending.fetch_add(1, Relaxed);
         w.stats().open.fetch_add(1, Relaxed);
-        let id = w.conns.insert(Conn {
-            fd: server.into_raw_fd(),
-            src: Source::of(std::net::Ipv4Addr::LOCALHOST.into()),
-            inflight: 0,
-            phase: Phase::Dead,
-            closing: None,
-            pending: true,
-            cancel_sent: false,
-            exporting: false,
-        });
+        let id = w.conns.insert(Conn::finished_handshake(
+            server.into_raw_fd(),
+            Source::of(std::net::Ipv4Addr::LOCALHOST.into()),
+        ));
         (client, id)
     }
 
